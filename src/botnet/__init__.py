@@ -1,0 +1,20 @@
+"""botnet: Bottleneck Transformers (BoTNet, Srinivas et al. 2021) for PyTorch."""
+
+from botnet import layers
+from botnet.layers import MHSA2d, capture_attention
+from botnet.models import ModelCfg, ResNet, create_model, get_model_cfg, list_models, register_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MHSA2d",
+    "ModelCfg",
+    "ResNet",
+    "capture_attention",
+    "create_model",
+    "get_model_cfg",
+    "layers",
+    "list_models",
+    "register_model",
+    "__version__",
+]

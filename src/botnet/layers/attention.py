@@ -1,0 +1,174 @@
+"""Multi-head self-attention over a 2D feature map, as in the BoTNet block.
+
+Shapes use ``B`` batch, ``C`` input channels, ``h`` heads, ``d`` channels per head, ``H x W`` the feature map
+and ``N = H * W`` tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from botnet.layers.position import AbsPosEmb2d, RelPosEmb2d
+
+POS_EMBEDS = ("relative", "absolute", "none")
+
+
+class MHSA2d(nn.Module):
+    """Multi-head self-attention with 2D position logits, the layer that replaces a bottleneck's 3x3 conv.
+
+    ``x (B, C, H, W)`` is projected by one bias-free 1x1 conv to ``q, k, v``, each ``h`` heads of ``d``
+    channels. ``q`` is scaled by ``d ** -0.5`` and the logits of query ``i`` and key ``j`` are
+    ``q_i . k_j + q_i . r_ij`` where ``r`` is the 2D relative embedding (``pos_embed="relative"``), the key's
+    absolute embedding (``"absolute"``) or nothing (``"none"``). The softmax runs over all ``N`` keys; the heads'
+    outputs are concatenated to ``h * d`` channels with no output projection (the block's next 1x1 conv plays
+    that role). With ``stride=2`` a 2x2 average pool follows, as in the first block of a BoTNet stage.
+
+    Two paths give the same numbers:
+
+    * fused (default): the position logits are folded into ``scaled_dot_product_attention`` by augmenting the
+      queries with their row / column logits and the keys with one-hot row / column indicators, so
+      ``q' . k' = q . k + q . r``; flash / memory-efficient kernels apply and no ``N x N`` tensor is kept.
+    * explicit: the ``(B, h, N, N)`` probabilities are built and pass through ``self.attn_probs`` (an
+      ``nn.Identity`` to hook). It runs when ``fused_attn`` is False or attention is being captured
+      (see :func:`botnet.layers.capture_attention`).
+
+    Args:
+        dim: input channels ``C``.
+        num_heads: heads ``h``; must divide ``dim`` when ``dim_head`` is not given.
+        dim_head: channels per head ``d`` (default ``dim // num_heads``).
+        pos_embed: ``"relative"``, ``"absolute"`` or ``"none"``.
+        feat_size: reference ``(H, W)`` of the position tables; other sizes are resampled. ``None`` creates
+            the tables on the first call.
+        stride: 1, or 2 for a 2x2 average pool after the attention.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 4,
+        dim_head: int | None = None,
+        pos_embed: str = "relative",
+        feat_size: int | tuple[int, int] | None = None,
+        stride: int = 1,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if num_heads < 1:
+            raise ValueError(f"num_heads must be >= 1, got {num_heads}")
+        if dim_head is None:
+            if dim % num_heads:
+                divisors = [n for n in range(1, min(dim, 64) + 1) if dim % n == 0]
+                raise ValueError(
+                    f"num_heads={num_heads} does not divide the {dim} attention channels; "
+                    f"use one of {divisors} or pass dim_head"
+                )
+            dim_head = dim // num_heads
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(f"unknown pos_embed {pos_embed!r}; use one of {', '.join(POS_EMBEDS)}")
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        factory = {"device": device, "dtype": dtype}
+        self.num_heads = num_heads
+        self.dim_head = dim_head
+        self.dim_out = num_heads * dim_head
+        self.scale = dim_head**-0.5
+        self.pos_embed_type = pos_embed
+        self.fused_attn = True
+        self.capture = False  # set by capture_attention(): forces the explicit path so attn_probs sees weights
+
+        self.qkv = nn.Conv2d(dim, 3 * self.dim_out, 1, bias=False, **factory)
+        self.pos_embed: nn.Module | None
+        if pos_embed == "relative":
+            self.pos_embed = RelPosEmb2d(dim_head, feat_size, **factory)
+        elif pos_embed == "absolute":
+            self.pos_embed = AbsPosEmb2d(dim_head, feat_size, **factory)
+        else:
+            self.pos_embed = None
+        self.attn_probs = nn.Identity()
+        # ceil_mode keeps odd maps aligned with the strided 1x1 shortcut (7 -> 4, not 3).
+        self.pool = nn.AvgPool2d(2, 2, ceil_mode=True) if stride == 2 else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.qkv.weight, std=0.01)  # as the reference code
+        if self.pos_embed is not None:
+            self.pos_embed.reset_parameters()
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x (B, C, H, W)`` -> scaled ``q``, ``k``, ``v``, each ``(B, h, N, d)``."""
+        batch, _, height, width = x.shape
+        qkv = self.qkv(x).reshape(batch, 3, self.num_heads, self.dim_head, height * width)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # channel index = (part * h + head) * d + c
+        return q * self.scale, k, v
+
+    def _position_terms(
+        self, q: torch.Tensor, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor | None:
+        """Relative: ``(logits_h (B,h,N,H), logits_w (B,h,N,W))``; absolute: key embedding ``(N, d)``."""
+        if isinstance(self.pos_embed, RelPosEmb2d):
+            batch, heads, tokens, dim_head = q.shape
+            logits_h, logits_w = self.pos_embed(q.view(batch, heads, height, width, dim_head))
+            return logits_h.reshape(batch, heads, tokens, height), logits_w.reshape(batch, heads, tokens, width)
+        if isinstance(self.pos_embed, AbsPosEmb2d):
+            return self.pos_embed(height, width).to(q.dtype)
+        return None
+
+    def attention_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Content and position logits, ``(B, h, N, N)`` each (zeros for ``pos_embed="none"``); for inspection."""
+        height, width = x.shape[-2:]
+        q, k, _ = self._qkv(x)
+        content = q @ k.transpose(-1, -2)
+        return content, self._explicit_position_logits(q, height, width, content)
+
+    def _explicit_position_logits(
+        self, q: torch.Tensor, height: int, width: int, like: torch.Tensor
+    ) -> torch.Tensor:
+        terms = self._position_terms(q, height, width)
+        if terms is None:
+            return torch.zeros_like(like)
+        if isinstance(terms, tuple):
+            logits_h, logits_w = terms
+            batch, heads, tokens = logits_h.shape[:3]
+            position = logits_h.view(batch, heads, tokens, height, 1) + logits_w.view(batch, heads, tokens, 1, width)
+            return position.reshape(batch, heads, tokens, tokens)
+        return q @ terms.t()
+
+    def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        logits = q @ k.transpose(-1, -2)
+        logits = logits + self._explicit_position_logits(q, height, width, logits)
+        attn = self.attn_probs(logits.softmax(dim=-1))  # (B, h, N, N)
+        return attn @ v
+
+    def _fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        terms = self._position_terms(q, height, width)
+        if isinstance(terms, tuple):
+            logits_h, logits_w = terms
+            batch, heads, tokens, dim_head = q.shape
+            rows = torch.eye(height, dtype=q.dtype, device=q.device).repeat_interleave(width, dim=0)  # (N, H)
+            cols = torch.eye(width, dtype=q.dtype, device=q.device).repeat(height, 1)  # (N, W)
+            indicators = torch.cat([rows, cols], dim=-1).expand(batch, heads, tokens, height + width)
+            q = torch.cat([q, logits_h, logits_w], dim=-1)
+            k = torch.cat([k, indicators], dim=-1)
+            # Equal q/k/v widths keep SDPA on its flash kernel (the CPU one requires it); the pad is sliced off.
+            v = F.pad(v, (0, height + width))
+            return F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :dim_head]
+        if terms is not None:
+            k = k + terms  # q . k + q . p = q . (k + p)
+        return F.scaled_dot_product_attention(q, k, v, scale=1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, C, H, W)`` -> ``(B, h * d, H / stride, W / stride)`` (rounded up)."""
+        batch, _, height, width = x.shape
+        q, k, v = self._qkv(x)
+        if self.fused_attn and not self.capture:
+            out = self._fused(q, k, v, height, width)
+        else:
+            out = self._explicit(q, k, v, height, width)
+        out = out.transpose(-1, -2).reshape(batch, self.dim_out, height, width)
+        return self.pool(out)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, dim_head={self.dim_head}, pos_embed={self.pos_embed_type!r}"

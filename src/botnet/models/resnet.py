@@ -1,0 +1,296 @@
+"""ResNet V1.5 whose chosen stages use multi-head self-attention: the BoTNet architecture.
+
+Module names follow torchvision's ``resnet.py`` (``conv1``, ``bn1``, ``layer1..4``, ``fc``; inside a block
+``conv1..3``, ``bn1..3``, ``downsample``), so torchvision state_dicts load with ``strict=True`` and detection
+code built for torchvision's ResNets (``IntermediateLayerGetter``, ``BackboneWithFPN``) works unchanged.
+In an attention block ``conv2`` is an :class:`~botnet.layers.MHSA2d` instead of a 3x3 conv.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.ops import StochasticDepth
+
+from botnet.layers import MHSA2d, SqueezeExcite, capture_attention
+from botnet.layers.position import feat_size_for
+
+ACT_LAYERS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU}
+EXPANSION = 4
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 conv or MHSA -> 1x1 bottleneck with identity or projection shortcut.
+
+    ResNet V1.5: the stride sits on the 3x3 conv (or, with attention, a 2x2 average pool after the MHSA),
+    not on the first 1x1. ``(B, in_chs, H, W) -> (B, 4 * mid_chs, H / stride, W / stride)``.
+
+    Args:
+        in_chs: input channels.
+        mid_chs: bottleneck width; the output has ``4 * mid_chs`` channels.
+        stride: 1 or 2.
+        attn: build ``conv2`` as MHSA (a dict of :class:`MHSA2d` keyword arguments) instead of a 3x3 conv.
+        se_channels: hidden width of a squeeze-excite gate after ``bn3``, 0 for none.
+        act_layer: activation class.
+        drop_path: stochastic-depth rate of the residual branch.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        mid_chs: int,
+        stride: int = 1,
+        attn: dict[str, Any] | None = None,
+        se_channels: int = 0,
+        act_layer: type[nn.Module] = nn.ReLU,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        out_chs = mid_chs * EXPANSION
+        self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid_chs)
+        if attn is None:
+            self.conv2: nn.Module = nn.Conv2d(mid_chs, mid_chs, 3, stride=stride, padding=1, bias=False)
+        else:
+            self.conv2 = MHSA2d(mid_chs, stride=stride, **attn)
+        self.bn2 = nn.BatchNorm2d(mid_chs)
+        self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_chs)
+        self.se = SqueezeExcite(out_chs, se_channels, act_layer) if se_channels else nn.Identity()
+        self.act = act_layer(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_chs != out_chs:
+            # torchvision's projection (conv + BN, no activation), not the reference code's conv + BN + act,
+            # so that torchvision weights load.
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False), nn.BatchNorm2d(out_chs)
+            )
+        self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
+
+    def zero_init_last(self) -> None:
+        """Start the residual branch at zero (gamma of ``bn3`` = 0), as the reference code does."""
+        nn.init.zeros_(self.bn3.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.act(self.bn1(self.conv1(x)))
+        x = self.act(self.bn2(self.conv2(x)))
+        x = self.se(self.bn3(self.conv3(x)))
+        return self.act(self.drop_path(x) + shortcut)
+
+
+class FeatureInfo(list):
+    """timm-style feature metadata: a list of ``dict(num_chs, reduction, module)`` with column accessors."""
+
+    def channels(self) -> list[int]:
+        return [info["num_chs"] for info in self]
+
+    def reduction(self) -> list[int]:
+        return [info["reduction"] for info in self]
+
+    def module_name(self) -> list[str]:
+        return [info["module"] for info in self]
+
+
+def _attention_blocks(attention: Sequence[bool | int], layers: Sequence[int]) -> list[int]:
+    """Per stage, how many trailing blocks use MHSA (``True`` = all, ``False`` = none, ``k`` = last k)."""
+    if len(attention) != len(layers):
+        raise ValueError(f"attention needs one entry per stage ({len(layers)}), got {tuple(attention)}")
+    counts = []
+    for flag, depth in zip(attention, layers, strict=True):
+        count = depth if flag is True else 0 if flag is False else int(flag)
+        if not 0 <= count <= depth:
+            raise ValueError(f"attention entry {flag!r} asks for more MHSA blocks than the stage's {depth}")
+        counts.append(count)
+    return counts
+
+
+class ResNet(nn.Module):
+    """ResNet V1.5 with optional MHSA stages (BoTNet), timm-style API.
+
+    ``x (B, in_chans, H, W)`` -> logits ``(B, num_classes)``; with ``features_only`` the list of stage maps
+    selected by ``out_indices`` (0: stem, reduction 2; 1-4: ``layer1..4``).
+
+    Args:
+        layers: blocks per stage (c2-c5), e.g. ``(3, 4, 6, 3)`` for 50 layers.
+        attention: per stage ``True`` (every block MHSA), ``False``, or ``k`` (the last ``k`` blocks).
+        num_heads: MHSA heads.
+        dim_head: channels per head (default: the block's width / ``num_heads``).
+        pos_embed: ``"relative"``, ``"absolute"`` or ``"none"``.
+        strides: stride of each stage; ``(1, 2, 2, 1)`` keeps c5 at c4's resolution (BoTNet-S1).
+        channels: bottleneck widths of the stages (outputs are 4x these).
+        stem_width: output channels of the 7x7 stem conv.
+        se_ratio: squeeze-excite hidden width as a fraction of the block output, in the conv blocks; 0 = off.
+        act_layer: ``"relu"`` or ``"silu"``.
+        img_size: reference input size; the position tables are learned for its feature maps.
+        num_classes: classifier outputs; 0 for none (``fc`` becomes ``Identity``).
+        in_chans: input channels.
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth, rising linearly to this rate over the blocks.
+        zero_init_residual: zero the last BN gamma of each block.
+        features_only: return the stage maps instead of logits.
+        out_indices: which maps ``features_only`` returns.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int] = (3, 4, 6, 3),
+        attention: Sequence[bool | int] = (False, False, False, False),
+        num_heads: int = 4,
+        dim_head: int | None = None,
+        pos_embed: str = "relative",
+        strides: Sequence[int] = (1, 2, 2, 2),
+        channels: Sequence[int] = (64, 128, 256, 512),
+        stem_width: int = 64,
+        se_ratio: float = 0.0,
+        act_layer: str = "relu",
+        img_size: int | tuple[int, int] = 224,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        zero_init_residual: bool = True,
+        features_only: bool = False,
+        out_indices: Sequence[int] = (0, 1, 2, 3, 4),
+    ) -> None:
+        super().__init__()
+        if act_layer not in ACT_LAYERS:
+            raise ValueError(f"unknown act_layer {act_layer!r}; use one of {', '.join(ACT_LAYERS)}")
+        if not all(0 <= i <= 4 for i in out_indices):
+            raise ValueError(f"out_indices must be within 0..4 (stem, layer1..4), got {tuple(out_indices)}")
+        if any(stride not in (1, 2) for stride in strides):
+            raise ValueError(f"stage strides must be 1 or 2, got {tuple(strides)}")
+        act = ACT_LAYERS[act_layer]
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.img_size = img_size
+
+        self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_width)
+        self.act = act(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+
+        attn_counts = _attention_blocks(attention, layers)
+        block_rates = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
+        feature_info = FeatureInfo([dict(num_chs=stem_width, reduction=2, module="act")])
+        in_chs, reduction, block_idx = stem_width, 4, 0
+        for stage, (depth, stride, width, n_attn) in enumerate(
+            zip(layers, strides, channels, attn_counts, strict=True), start=1
+        ):
+            blocks = []
+            for i in range(depth):
+                block_stride = stride if i == 0 else 1
+                attn = None
+                if i >= depth - n_attn:
+                    feat = feat_size_for(img_size, reduction)
+                    attn = dict(num_heads=num_heads, dim_head=dim_head, pos_embed=pos_embed, feat_size=feat)
+                se_chs = round(width * EXPANSION * se_ratio) if attn is None else 0
+                try:
+                    blocks.append(Bottleneck(in_chs, width, block_stride, attn, se_chs, act, block_rates[block_idx]))
+                except ValueError as err:
+                    raise ValueError(f"layer{stage}.{i}: {err}") from None
+                in_chs, reduction, block_idx = width * EXPANSION, reduction * block_stride, block_idx + 1
+            self.add_module(f"layer{stage}", nn.Sequential(*blocks))
+            feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=f"layer{stage}"))
+        self.num_features = in_chs
+        self.output_stride = reduction
+
+        self.features_only = features_only
+        self.out_indices = tuple(out_indices)
+        self.feature_info = FeatureInfo(feature_info[i] for i in self.out_indices) if features_only else feature_info
+        if features_only:
+            self.avgpool: nn.Module = nn.Identity()
+            self.fc: nn.Module = nn.Identity()
+        else:
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights(zero_init_residual)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, MHSA2d):
+                module.reset_parameters()  # the reference code's qkv init, not the conv init above
+            elif isinstance(module, Bottleneck) and zero_init_residual:
+                module.zero_init_last()
+
+    @property
+    def min_input_size(self) -> int:
+        """Smallest input side: every stage must keep at least one pixel."""
+        return self.output_stride
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` naming the problem and the fix for input the network cannot take."""
+        if x.dim() != 4:
+            raise ValueError(
+                f"expected a batch of images (B, C, H, W), got a tensor of shape {tuple(x.shape)}; "
+                "add a batch dimension with x.unsqueeze(0)"
+            )
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected {self.in_chans} input channels, got {x.shape[1]}; convert the images "
+                f"(e.g. to RGB) or build the model with in_chans={x.shape[1]}"
+            )
+        height, width = x.shape[-2:]
+        if min(height, width) < self.min_input_size:
+            raise ValueError(
+                f"input {height}x{width} is smaller than this model's minimum of "
+                f"{self.min_input_size}x{self.min_input_size} (its output stride); resize or pad the images"
+            )
+
+    def _stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Stem and stage outputs up to the last one needed: ``[stem, layer1, ...]``."""
+        self.check_input(x)
+        last = max(self.out_indices) if self.features_only else 4
+        outs = [self.act(self.bn1(self.conv1(x)))]
+        x = self.maxpool(outs[0])
+        for stage in range(1, last + 1):
+            x = getattr(self, f"layer{stage}")(x)
+            outs.append(x)
+        return outs
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W)`` -> the last stage's map ``(B, num_features, H / s, W / s)``."""
+        return self._stages(x)[-1]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool the last map and classify: ``(B, C, h, w)`` -> ``(B, num_classes)`` (or ``(B, C)``)."""
+        x = torch.flatten(self.avgpool(x), 1)
+        if self.drop_rate:
+            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a fresh one for ``num_classes`` outputs (0 removes it)."""
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | list[torch.Tensor] | tuple[Any, dict[str, torch.Tensor]]:
+        """Logits ``(B, num_classes)``, or with ``features_only`` the selected stage maps.
+
+        With ``return_attention=True`` returns ``(output, attn)``: ``attn`` maps each MHSA layer's name
+        (e.g. ``"layer4.0.conv2"``) to its softmax weights ``(B, heads, H*W, H*W)``.
+        """
+        if return_attention:
+            with capture_attention(self) as attn:
+                out = self.forward(x)
+            return out, dict(attn)
+        if self.features_only:
+            outs = self._stages(x)
+            return [outs[i] for i in self.out_indices]
+        return self.forward_head(self.forward_features(x))
+

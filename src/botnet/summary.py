@@ -1,0 +1,57 @@
+"""Model table: parameters and FLOPs of every registered model, computed (never typed in)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from botnet.models import create_model, get_model_cfg, list_models
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    params_m: float
+    gflops: float  # multiply-adds count as 2 FLOPs
+    input_size: tuple[int, int]
+    paper_params_m: float | None
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_flops(model: torch.nn.Module, input_size: tuple[int, int, int]) -> int:
+    """Forward FLOPs of one image (``torch.utils.flop_counter``: matmuls and convs, 2 FLOPs per MAC)."""
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_size))
+    return counter.get_total_flops()
+
+
+def summarize(name: str) -> ModelSummary:
+    cfg = get_model_cfg(name)
+    model = create_model(name)
+    return ModelSummary(
+        name=name,
+        params_m=count_params(model) / 1e6,
+        gflops=count_flops(model, cfg.input_size) / 1e9,
+        input_size=cfg.input_size[1:],
+        paper_params_m=cfg.paper_params,
+    )
+
+
+def markdown_table(pattern: str = "*") -> str:
+    """The README's model table for the models matching ``pattern``."""
+    rows = [
+        "| model | input | params (M) | paper params (M) | GFLOPs |",
+        "|---|---|---|---|---|",
+    ]
+    for name in list_models(pattern):
+        s = summarize(name)
+        paper = f"{s.paper_params_m:.1f}" if s.paper_params_m else "—"
+        rows.append(f"| `{name}` | {s.input_size[0]}×{s.input_size[1]} | {s.params_m:.2f} | {paper} | {s.gflops:.2f} |")
+    return "\n".join(rows)
