@@ -1,6 +1,7 @@
 """botnet: Bottleneck Transformers (BoTNet, Srinivas et al. 2021) for PyTorch."""
 
 from botnet import layers
+from botnet.hub import from_pretrained, load_config, save_pretrained
 from botnet.layers import MHSA2d, capture_attention
 from botnet.models import ModelCfg, ResNet, create_model, get_model_cfg, list_models, register_model
 
@@ -12,9 +13,12 @@ __all__ = [
     "ResNet",
     "capture_attention",
     "create_model",
+    "from_pretrained",
+    "load_config",
     "get_model_cfg",
     "layers",
     "list_models",
     "register_model",
+    "save_pretrained",
     "__version__",
 ]

@@ -120,7 +120,8 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int = 3, *
     pretrained = cfg.pretrained_cfg()
     pretrained.update(input_size=(in_chans, *img_size), num_classes=model.num_classes, architecture=name)
     if in_chans != len(cfg.mean):
-        pretrained.update(mean=(sum(cfg.mean) / len(cfg.mean),) * in_chans, std=(sum(cfg.std) / len(cfg.std),) * in_chans)
+        mean, std = sum(cfg.mean) / len(cfg.mean), sum(cfg.std) / len(cfg.std)
+        pretrained.update(mean=(mean,) * in_chans, std=(std,) * in_chans)  # grey: the channels' average
     model.pretrained_cfg = pretrained
     model.default_cfg = pretrained
     model.model_name = name
