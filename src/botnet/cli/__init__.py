@@ -8,6 +8,7 @@ import sys
 # subcommand -> module with ``main(argv: list[str]) -> int | None``
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("botnet.cli.models", "list the models with parameters and FLOPs; run them on a photo"),
+    "attention": ("botnet.viz.cli", "draw what an MHSA block attends to (PNG figures) for a checkpoint and image"),
 }
 
 

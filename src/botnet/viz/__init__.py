@@ -1,0 +1,38 @@
+"""Attention maps as pictures: compute them (:mod:`botnet.viz.maps`), draw them (:mod:`botnet.viz.figures`).
+
+Typical use::
+
+    att = botnet.viz.block_attention(model.eval(), x, "layer4.0.conv2")
+    maps = att.query_maps((40, 52))          # probs / content / position, (Q, heads, H, W)
+    botnet.viz.save_figure(botnet.viz.query_figure(image, att, (40, 52)), "q.png")
+"""
+
+from botnet.viz.figures import all_queries_figure, grid_figure, offset_figure, query_figure, save_figure
+from botnet.viz.maps import (
+    BlockAttention,
+    QueryMaps,
+    block_attention,
+    get_block,
+    offset_attention,
+    pixel_to_token,
+    query_pixels,
+    token_center,
+    upsample,
+)
+
+__all__ = [
+    "BlockAttention",
+    "QueryMaps",
+    "all_queries_figure",
+    "block_attention",
+    "get_block",
+    "grid_figure",
+    "offset_attention",
+    "offset_figure",
+    "pixel_to_token",
+    "query_figure",
+    "query_pixels",
+    "save_figure",
+    "token_center",
+    "upsample",
+]
