@@ -91,8 +91,11 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, architecture: 
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    misshapen = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in sorted(set(state) & set(own)) if state[k].shape != own[k].shape]
+    misshapen = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(state) & set(own))
+        if state[k].shape != own[k].shape
+    ]
     if missing or unexpected or misshapen:
         trained = f" (the file was trained for {architecture})" if architecture else ""
         parts = [f"{path} does not match the model{trained}:"]
