@@ -42,6 +42,9 @@ class MHSA2d(nn.Module):
         feat_size: reference ``(H, W)`` of the position tables; other sizes are resampled. ``None`` creates
             the tables on the first call.
         stride: 1, or 2 for a 2x2 average pool after the attention.
+        scale_pos_embed: True (reference code): the position logits come from the scaled ``q`` like the
+            content logits. False (timm's ``BottleneckAttn`` default): they come from the unscaled ``q``, i.e.
+            ``logits = (q . k) * d ** -0.5 + q . r``.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class MHSA2d(nn.Module):
         pos_embed: str = "relative",
         feat_size: int | tuple[int, int] | None = None,
         stride: int = 1,
+        scale_pos_embed: bool = True,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -76,6 +80,7 @@ class MHSA2d(nn.Module):
         self.dim_out = num_heads * dim_head
         self.scale = dim_head**-0.5
         self.pos_embed_type = pos_embed
+        self.scale_pos_embed = scale_pos_embed
         self.fused_attn = True
         self.capture = False  # set by capture_attention(): forces the explicit path so attn_probs sees weights
 
@@ -107,13 +112,19 @@ class MHSA2d(nn.Module):
     def _position_terms(
         self, q: torch.Tensor, height: int, width: int
     ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor | None:
-        """Relative: ``(logits_h (B,h,N,H), logits_w (B,h,N,W))``; absolute: key embedding ``(N, d)``."""
+        """Relative: ``(logits_h (B,h,N,H), logits_w (B,h,N,W))``; absolute: key embedding ``(N, d)``.
+
+        ``q`` is the scaled query; with ``scale_pos_embed=False`` the terms are rescaled to the unscaled one.
+        """
         if isinstance(self.pos_embed, RelPosEmb2d):
+            if not self.scale_pos_embed:
+                q = q / self.scale
             batch, heads, tokens, dim_head = q.shape
             logits_h, logits_w = self.pos_embed(q.view(batch, heads, height, width, dim_head))
             return logits_h.reshape(batch, heads, tokens, height), logits_w.reshape(batch, heads, tokens, width)
         if isinstance(self.pos_embed, AbsPosEmb2d):
-            return self.pos_embed(height, width).to(q.dtype)
+            pos = self.pos_embed(height, width).to(q.dtype)
+            return pos if self.scale_pos_embed else pos / self.scale
         return None
 
     def attention_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,4 +182,5 @@ class MHSA2d(nn.Module):
         return self.pool(out)
 
     def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}, dim_head={self.dim_head}, pos_embed={self.pos_embed_type!r}"
+        scale = "" if self.scale_pos_embed else ", scale_pos_embed=False"
+        return f"num_heads={self.num_heads}, dim_head={self.dim_head}, pos_embed={self.pos_embed_type!r}{scale}"

@@ -1,4 +1,4 @@
-"""The model table: ResNet V1.5 baselines, the paper's BoT50/101/152 and the BoTNet-S1 family.
+"""The model table: ResNet V1.5 baselines, the paper's BoT50/101/152, the BoTNet-S1 family, timm's BoTNets.
 
 Each model is one row. Numbers from Srinivas et al., "Bottleneck Transformers for Visual Recognition"
 (arXiv 2101.11605); ``paper_params`` are the paper's parameter counts in millions (ImageNet head).
@@ -13,6 +13,10 @@ C5 = (False, False, False, True)
 # BoTNet-S1: stride-1 c5 (at c4's resolution) with MHSA in every block; SE (ratio 1/16) in the conv
 # blocks; SiLU; 4 heads of 128 channels.
 S1 = dict(attention=C5, strides=(1, 2, 2, 1), se_ratio=0.0625, act_layer="silu", num_heads=4)
+# timm's byoanet BoTNets (weights load with botnet.convert.from_timm): tiered 3x3 stem ("t"), position logits
+# from the unscaled q (timm's BottleneckAttn default), MHSA placed as timm interleaves it; ("s" = SiLU).
+TIMM = dict(stem="tiered", scale_pos_embed=False, num_heads=4)
+TIMM_CFG = dict(input_size=(3, 256, 256), crop_pct=0.95, paper="timm byoanet.py", tags=("timm",))
 
 _ROWS = [
     # ResNet V1.5 baselines: module names and weights match torchvision's resnet50/101/152.
@@ -49,6 +53,14 @@ _ROWS = [
         crop_pct=1.0,
         paper=PAPER + " (T7)",
         paper_params=75.1,
+    ),
+    # timm's botnet26t_256 (MHSA in the last c4 block and both c5 blocks) and botnet50ts_256 (the last c3
+    # block, c4 blocks 1, 3, 5 and the middle c5 block; not the paper's layout).
+    ModelCfg("timm_botnet26t_256", dict(layers=(2, 2, 2, 2), attention=(False, False, 1, True), **TIMM), **TIMM_CFG),
+    ModelCfg(
+        "timm_botnet50ts_256",
+        dict(layers=(3, 4, 6, 3), attention=(False, 1, (1, 3, 5), (1,)), act_layer="silu", **TIMM),
+        **TIMM_CFG,
     ),
 ]
 

@@ -39,7 +39,8 @@ class ModelCfg:
         """timm-style metadata dict (``default_cfg``)."""
         cfg = asdict(self)
         cfg.pop("arch")
-        cfg.update(first_conv="conv1", classifier="fc", fixed_input_size=False)
+        first_conv = "conv1.0" if self.arch.get("stem") == "tiered" else "conv1"
+        cfg.update(first_conv=first_conv, classifier="fc", fixed_input_size=False)
         return cfg
 
 
@@ -72,8 +73,8 @@ def get_model_cfg(name: str) -> ModelCfg:
 def parse_attention(value: Any, num_stages: int = 4) -> tuple[bool | int, ...]:
     """Normalise the ``attention`` override.
 
-    Accepts a per-stage sequence of bools / ints (ints: the last k blocks), or a string of stage names:
-    ``"c5"``, ``"c4,c5"``, ``"none"``.
+    Accepts a per-stage sequence of bools / ints (ints: the last k blocks) / sequences of block indices, or a
+    string of stage names: ``"c5"``, ``"c4,c5"``, ``"none"``.
     """
     if isinstance(value, str):
         names = [n.strip().lower() for n in value.replace("+", ",").split(",") if n.strip()]
@@ -84,12 +85,17 @@ def parse_attention(value: Any, num_stages: int = 4) -> tuple[bool | int, ...]:
             raise ValueError(f"unknown stage {unknown[0]!r} in attention={value!r}; use names from {STAGE_NAMES}")
         return tuple(name in names for name in STAGE_NAMES)
     value = tuple(value)
-    if len(value) != num_stages or not all(isinstance(v, (bool, int)) for v in value):
+    if len(value) != num_stages or not all(_is_stage_entry(v) for v in value):
         raise ValueError(
-            f"attention={value!r} needs {num_stages} per-stage entries (bool, or int = last k blocks), "
-            'or stage names such as "c5" or "c4,c5"'
+            f"attention={value!r} needs {num_stages} per-stage entries (bool, int = last k blocks, or a list of "
+            'block indices), or stage names such as "c5" or "c4,c5"'
         )
-    return value
+    return tuple(v if isinstance(v, int) else tuple(v) for v in value)
+
+
+def _is_stage_entry(value: Any) -> bool:
+    """bool, int, or a list / tuple of block indices (JSON turns tuples into lists)."""
+    return isinstance(value, int) or (isinstance(value, (list, tuple)) and all(isinstance(i, int) for i in value))
 
 
 def create_model(name: str, num_classes: int | None = None, in_chans: int = 3, **overrides: Any) -> ResNet:

@@ -8,7 +8,9 @@ In an attention block ``conv2`` is an :class:`~botnet.layers.MHSA2d` instead of 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +21,24 @@ from botnet.layers import MHSA2d, SqueezeExcite, capture_attention
 from botnet.layers.position import feat_size_for
 
 ACT_LAYERS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU}
+STEMS = ("conv7", "tiered")
 EXPANSION = 4
+
+
+def _stem_conv(stem: str, in_chans: int, out_chs: int, act_layer: type[nn.Module]) -> nn.Module:
+    """The stem's convolution(s) up to (not including) ``bn1``: stride 2, ``in_chans -> out_chs``."""
+    if stem == "conv7":
+        return nn.Conv2d(in_chans, out_chs, 7, stride=2, padding=3, bias=False)
+    chs = (3 * out_chs // 8, out_chs // 2)
+    return nn.Sequential(
+        nn.Conv2d(in_chans, chs[0], 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(chs[0]),
+        act_layer(inplace=True),
+        nn.Conv2d(chs[0], chs[1], 3, padding=1, bias=False),
+        nn.BatchNorm2d(chs[1]),
+        act_layer(inplace=True),
+        nn.Conv2d(chs[1], out_chs, 3, padding=1, bias=False),
+    )
 
 
 class Bottleneck(nn.Module):
@@ -95,17 +114,28 @@ class FeatureInfo(list):
         return [info["module"] for info in self]
 
 
-def _attention_blocks(attention: Sequence[bool | int], layers: Sequence[int]) -> list[int]:
-    """Per stage, how many trailing blocks use MHSA (``True`` = all, ``False`` = none, ``k`` = last k)."""
+def _attention_blocks(attention: Sequence[bool | int | Sequence[int]], layers: Sequence[int]) -> list[set[int]]:
+    """Per stage, the indices of the blocks that use MHSA.
+
+    An entry is ``True`` (all blocks), ``False`` (none), ``k`` (the last ``k``) or a sequence of block indices,
+    e.g. ``(1, 3, 5)`` for timm's interleaved layouts.
+    """
     if len(attention) != len(layers):
         raise ValueError(f"attention needs one entry per stage ({len(layers)}), got {tuple(attention)}")
-    counts = []
+    blocks = []
     for flag, depth in zip(attention, layers, strict=True):
-        count = depth if flag is True else 0 if flag is False else int(flag)
-        if not 0 <= count <= depth:
-            raise ValueError(f"attention entry {flag!r} asks for more MHSA blocks than the stage's {depth}")
-        counts.append(count)
-    return counts
+        if isinstance(flag, bool):
+            blocks.append(set(range(depth)) if flag else set())
+        elif isinstance(flag, int):
+            if not 0 <= flag <= depth:
+                raise ValueError(f"attention entry {flag!r} asks for more MHSA blocks than the stage's {depth}")
+            blocks.append(set(range(depth - flag, depth)))
+        else:
+            indices = {int(i) for i in flag}
+            if not all(0 <= i < depth for i in indices):
+                raise ValueError(f"attention entry {tuple(flag)!r} names blocks outside the stage's 0..{depth - 1}")
+            blocks.append(indices)
+    return blocks
 
 
 class ResNet(nn.Module):
@@ -116,13 +146,20 @@ class ResNet(nn.Module):
 
     Args:
         layers: blocks per stage (c2-c5), e.g. ``(3, 4, 6, 3)`` for 50 layers.
-        attention: per stage ``True`` (every block MHSA), ``False``, or ``k`` (the last ``k`` blocks).
+        attention: per stage ``True`` (every block MHSA), ``False``, ``k`` (the last ``k`` blocks) or a sequence
+            of block indices (``(1, 3, 5)``: every other block, as timm's ``botnet50ts``).
         num_heads: MHSA heads.
         dim_head: channels per head (default: the block's width / ``num_heads``).
         pos_embed: ``"relative"``, ``"absolute"`` or ``"none"``.
+        scale_pos_embed: scale the position logits by ``dim_head ** -0.5`` like the content logits (the
+            reference code); ``False`` adds them unscaled, as timm's ``BottleneckAttn``.
         strides: stride of each stage; ``(1, 2, 2, 1)`` keeps c5 at c4's resolution (BoTNet-S1).
         channels: bottleneck widths of the stages (outputs are 4x these).
-        stem_width: output channels of the 7x7 stem conv.
+        stem: ``"conv7"``: one 7x7 stride-2 conv (torchvision); ``"tiered"``: three 3x3 convs of
+            ``3/8, 1/2, 1 x stem_width`` channels, the first with stride 2 (timm's ``t`` models). Either way
+            ``bn1``, ``act`` and the 3x3 max pool follow; the tiered ``conv1`` is an ``nn.Sequential``
+            (``conv1.0``, ``conv1.3``, ``conv1.6`` with BN + activation between), as in timm's ``resnet26t``.
+        stem_width: output channels of the stem.
         se_ratio: squeeze-excite hidden width as a fraction of the block output, in the conv blocks; 0 = off.
         act_layer: ``"relu"`` or ``"silu"``.
         img_size: reference input size; the position tables are learned for its feature maps.
@@ -138,12 +175,14 @@ class ResNet(nn.Module):
     def __init__(
         self,
         layers: Sequence[int] = (3, 4, 6, 3),
-        attention: Sequence[bool | int] = (False, False, False, False),
+        attention: Sequence[bool | int | Sequence[int]] = (False, False, False, False),
         num_heads: int = 4,
         dim_head: int | None = None,
         pos_embed: str = "relative",
+        scale_pos_embed: bool = True,
         strides: Sequence[int] = (1, 2, 2, 2),
         channels: Sequence[int] = (64, 128, 256, 512),
+        stem: str = "conv7",
         stem_width: int = 64,
         se_ratio: float = 0.0,
         act_layer: str = "relu",
@@ -163,31 +202,40 @@ class ResNet(nn.Module):
             raise ValueError(f"out_indices must be within 0..4 (stem, layer1..4), got {tuple(out_indices)}")
         if any(stride not in (1, 2) for stride in strides):
             raise ValueError(f"stage strides must be 1 or 2, got {tuple(strides)}")
+        if stem not in STEMS:
+            raise ValueError(f"unknown stem {stem!r}; use one of {', '.join(STEMS)}")
         act = ACT_LAYERS[act_layer]
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.img_size = img_size
 
-        self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
+        self.conv1 = _stem_conv(stem, in_chans, stem_width, act)
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.act = act(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
 
-        attn_counts = _attention_blocks(attention, layers)
-        block_rates = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
+        attn_blocks = _attention_blocks(attention, layers)
+        # Host numbers, also when built under another default device (e.g. meta, to read shapes cheaply).
+        block_rates = torch.linspace(0, drop_path_rate, sum(layers), device="cpu").tolist()
         feature_info = FeatureInfo([dict(num_chs=stem_width, reduction=2, module="act")])
         in_chs, reduction, block_idx = stem_width, 4, 0
-        for stage, (depth, stride, width, n_attn) in enumerate(
-            zip(layers, strides, channels, attn_counts, strict=True), start=1
+        for stage, (depth, stride, width, attn_idx) in enumerate(
+            zip(layers, strides, channels, attn_blocks, strict=True), start=1
         ):
             blocks = []
             for i in range(depth):
                 block_stride = stride if i == 0 else 1
                 attn = None
-                if i >= depth - n_attn:
+                if i in attn_idx:
                     feat = feat_size_for(img_size, reduction)
-                    attn = dict(num_heads=num_heads, dim_head=dim_head, pos_embed=pos_embed, feat_size=feat)
+                    attn = dict(
+                        num_heads=num_heads,
+                        dim_head=dim_head,
+                        pos_embed=pos_embed,
+                        scale_pos_embed=scale_pos_embed,
+                        feat_size=feat,
+                    )
                 se_chs = round(width * EXPANSION * se_ratio) if attn is None else 0
                 try:
                     blocks.append(Bottleneck(in_chs, width, block_stride, attn, se_chs, act, block_rates[block_idx]))
@@ -277,6 +325,19 @@ class ResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
+    def save_pretrained(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` into ``directory`` (:func:`botnet.hub.save_pretrained`)."""
+        from botnet.hub import save_pretrained  # lazy: botnet.hub imports this module
+
+        return save_pretrained(self, directory, extra)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> ResNet:
+        """Rebuild a model saved by :meth:`save_pretrained` (:func:`botnet.hub.from_pretrained`)."""
+        from botnet.hub import from_pretrained
+
+        return from_pretrained(directory, **overrides)
+
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | list[torch.Tensor] | tuple[Any, dict[str, torch.Tensor]]:
@@ -293,4 +354,3 @@ class ResNet(nn.Module):
             outs = self._stages(x)
             return [outs[i] for i in self.out_indices]
         return self.forward_head(self.forward_features(x))
-
