@@ -234,3 +234,9 @@ def test_bad_configuration_names_the_problem(kwargs: dict, match: str) -> None:
 def test_list_models_pattern() -> None:
     assert botnet.list_models("botnet5*") == ["botnet50"]
     assert {"botnet50", "botnet101", "botnet152", "resnet50", "botnet_s1_59"} <= set(ALL_MODELS)
+
+
+def test_dim_head_override_sets_attention_width() -> None:
+    model = botnet.create_model("botnet26", dim_head=32)  # 4 heads x 32 = 128 channels out of each MHSA
+    assert model.layer4[0].bn2.num_features == 128 and model.layer4[0].conv3.in_channels == 128
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)

@@ -134,9 +134,7 @@ class MHSA2d(nn.Module):
         content = q @ k.transpose(-1, -2)
         return content, self._explicit_position_logits(q, height, width, content)
 
-    def _explicit_position_logits(
-        self, q: torch.Tensor, height: int, width: int, like: torch.Tensor
-    ) -> torch.Tensor:
+    def _explicit_position_logits(self, q: torch.Tensor, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
         terms = self._position_terms(q, height, width)
         if terms is None:
             return torch.zeros_like(like)

@@ -75,8 +75,9 @@ class Bottleneck(nn.Module):
             self.conv2: nn.Module = nn.Conv2d(mid_chs, mid_chs, 3, stride=stride, padding=1, bias=False)
         else:
             self.conv2 = MHSA2d(mid_chs, stride=stride, **attn)
-        self.bn2 = nn.BatchNorm2d(mid_chs)
-        self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=False)
+        conv2_chs = self.conv2.dim_out if isinstance(self.conv2, MHSA2d) else mid_chs  # heads * dim_head
+        self.bn2 = nn.BatchNorm2d(conv2_chs)
+        self.conv3 = nn.Conv2d(conv2_chs, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.se = SqueezeExcite(out_chs, se_channels, act_layer) if se_channels else nn.Identity()
         self.act = act_layer(inplace=True)
