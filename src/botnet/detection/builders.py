@@ -1,0 +1,94 @@
+"""Detector names: ``{head}_{model}_fpn`` = a torchvision R-CNN head on any registered model with a pyramid.
+
+``maskrcnn_botnet50_fpn`` is the paper's COCO model (BoT50, MHSA in all three c5 blocks);
+``maskrcnn_resnet50_fpn`` is the baseline with torchvision's exact module names; ``fasterrcnn_*`` drop the
+mask branch. Every name in :func:`botnet.list_models` gives one row per head.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+
+from botnet.detection.backbone import botnet_fpn_backbone
+from botnet.models import get_model_cfg, list_models
+
+HEADS: dict[str, type[FasterRCNN]] = {"maskrcnn": MaskRCNN, "fasterrcnn": FasterRCNN}
+
+
+def list_detectors(pattern: str = "*") -> list[str]:
+    """Detector names matching a shell-style ``pattern``, sorted."""
+    names = (f"{head}_{model}_fpn" for head in HEADS for model in list_models())
+    return sorted(name for name in names if fnmatch.fnmatch(name, pattern))
+
+
+def parse_detector_name(name: str) -> tuple[str, str]:
+    """``"maskrcnn_botnet50_fpn"`` -> ``("maskrcnn", "botnet50")``; ``ValueError`` with suggestions if unknown."""
+    head, _, rest = name.partition("_")
+    model = rest.removesuffix("_fpn")
+    if head not in HEADS or not rest.endswith("_fpn") or model not in list_models():
+        close = difflib.get_close_matches(name, list_detectors(), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown detector {name!r}{hint} (names are {{{'|'.join(HEADS)}}}_<model>_fpn, "
+            "botnet.detection.list_detectors() lists all)"
+        )
+    return head, model
+
+
+def create_detector(
+    name: str,
+    num_classes: int = 91,
+    *,
+    image_size: int = 1024,
+    backbone_weights: str | Path | None = None,
+    frozen_bn: bool = False,
+    trainable_layers: int = 5,
+    fpn_channels: int = 256,
+    backbone_kwargs: dict[str, Any] | None = None,
+    **detector_kwargs: Any,
+) -> FasterRCNN:
+    """Build a Mask R-CNN / Faster R-CNN with a BoTNet (or ResNet) FPN backbone; random init unless
+    ``backbone_weights`` names a local file.
+
+    In training mode the model takes ``images: list[(3, H, W)]`` floats in [0, 1] and ``targets: list[dict]``
+    (``boxes (K, 4)`` xyxy pixels, ``labels (K,)`` in ``1..num_classes-1``, ``masks (K, H, W)`` for Mask R-CNN)
+    and returns a loss dict; in eval mode it returns per image ``boxes (D, 4)``, ``labels (D,)``, ``scores (D,)``
+    and ``masks (D, 1, H, W)`` probabilities (torchvision's API).
+
+    Args:
+        name: a name from :func:`list_detectors`.
+        num_classes: classes including background (COCO: 91).
+        image_size: the paper's square training resolution: images are resized so that their long side is
+            ``image_size`` (``min_size = max_size = image_size``) and the relative position tables are learned
+            for it. Pass ``min_size`` / ``max_size`` to use torchvision's 800 / 1333 scheme instead.
+        backbone_weights: local classifier state_dict for the backbone (see :func:`botnet_fpn_backbone`).
+        frozen_bn: ``FrozenBatchNorm2d`` in the backbone.
+        trainable_layers: backbone layers that keep gradients, 0-5.
+        fpn_channels: width of the pyramid maps, which the RPN, box and mask heads take as input.
+        backbone_kwargs: :func:`botnet.create_model` overrides, e.g. ``dict(channels=(8, 16, 32, 64))``.
+        **detector_kwargs: torchvision ``MaskRCNN`` / ``FasterRCNN`` arguments (``min_size``,
+            ``box_score_thresh``, ``box_detections_per_img``, ...).
+    """
+    head, model_name = parse_detector_name(name)
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts the background class too and must be >= 2, got {num_classes}")
+    cfg = get_model_cfg(model_name)
+    detector_kwargs.setdefault("min_size", image_size)
+    detector_kwargs.setdefault("max_size", image_size)
+    detector_kwargs.setdefault("image_mean", list(cfg.mean))
+    detector_kwargs.setdefault("image_std", list(cfg.std))
+    model_kwargs = {"img_size": detector_kwargs["max_size"], **(backbone_kwargs or {})}
+    backbone = botnet_fpn_backbone(
+        model_name,
+        weights=backbone_weights,
+        frozen_bn=frozen_bn,
+        trainable_layers=trainable_layers,
+        out_channels=fpn_channels,
+        **model_kwargs,
+    )
+    return HEADS[head](backbone, num_classes=num_classes, **detector_kwargs)

@@ -1,0 +1,174 @@
+"""Lightning wrappers: the detector as a ``LightningModule`` (train / COCO-validate / predict) and COCO data.
+
+``Trainer.fit`` trains (SGD with momentum, as the paper; linear warm-up then cosine decay), ``Trainer.validate``
+scores box and mask AP with COCOeval (logged as ``val/bbox_AP``, ``val/segm_AP``, ...), ``Trainer.predict``
+returns the raw detections. Checkpoints carry the detector's name, arguments and category names, so
+``DetectionModule.load_from_checkpoint(path)`` rebuilds it with nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from botnet.detection.builders import create_detector
+from botnet.detection.data import CocoDetection, collate, detection_transforms
+from botnet.detection.evaluation import CocoEvaluator
+
+Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
+
+
+class DetectionModule(L.LightningModule):
+    """A :func:`~botnet.detection.create_detector` model with its optimisation and COCO evaluation.
+
+    Batches are ``(images, targets)`` lists from :func:`~botnet.detection.data.collate`: ``images`` are
+    ``(3, H, W)`` floats in [0, 1], ``targets`` dicts as :class:`~botnet.detection.data.CocoDetection` makes.
+
+    Args:
+        detector: a name from :func:`~botnet.detection.list_detectors`.
+        num_classes: categories + background.
+        categories: category names of labels ``1..K`` (for drawing).
+        cat_ids: COCO category ids of labels ``1..K`` (for results json).
+        lr: peak SGD learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty (not applied to norm layers or biases).
+        warmup_steps: linear warm-up from ``lr / 1000``.
+        detector_kwargs: further :func:`~botnet.detection.create_detector` arguments.
+    """
+
+    def __init__(
+        self,
+        detector: str,
+        num_classes: int,
+        categories: list[str] | None = None,
+        cat_ids: list[int] | None = None,
+        lr: float = 0.02,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 100,
+        detector_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = create_detector(detector, num_classes, **(detector_kwargs or {}))
+        self.categories = categories or [str(i) for i in range(1, num_classes)]
+        self.cat_ids = cat_ids or list(range(1, num_classes))
+        self.evaluator: CocoEvaluator | None = None
+        self.coco_metrics: dict[str, float] = {}
+        self.validated_step = -1  # global step of the latest COCO validation
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict[str, Any]] | None = None) -> Any:
+        """Training mode: loss dict; eval mode: per-image detections (torchvision's R-CNN API)."""
+        return self.model(images, targets)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self.model(images, targets)
+        loss = sum(losses.values())
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=len(images))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        dataset = self.trainer.val_dataloaders.dataset
+        if not isinstance(dataset, CocoDetection):
+            raise TypeError(f"validation needs a CocoDetection dataset (for its ground truth), got {type(dataset)}")
+        iou_types = ("bbox", "segm") if self.model.roi_heads.has_mask() else ("bbox",)
+        self.evaluator = CocoEvaluator(dataset.coco, dataset.cat_ids, iou_types)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        images, targets = batch
+        assert self.evaluator is not None
+        self.evaluator.update(self.model(images), [t["image_id"] for t in targets])
+
+    def on_validation_epoch_end(self) -> None:
+        assert self.evaluator is not None
+        self.coco_metrics = self.evaluator.compute()
+        self.validated_step = self.global_step
+        self.log_dict({f"val/{k}": v for k, v in self.coco_metrics.items()})
+
+    def predict_step(self, batch: tuple[list[torch.Tensor], list[Any]], batch_idx: int) -> list[dict[str, Any]]:
+        """``(images, keys)`` -> ``[{**detections, "key": key}, ...]`` (``key``: e.g. the file path)."""
+        images, keys = batch
+        return [{**output, "key": key} for output, key in zip(self.model(images), keys, strict=True)]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim <= 1 else decay).append(param)
+        optimizer = torch.optim.SGD(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+            momentum=self.hparams.momentum,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(self.hparams.warmup_steps, total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return 1e-3 + (1 - 1e-3) * step / warmup
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class CocoDataModule(L.LightningDataModule):
+    """COCO train / val splits as detection dataloaders.
+
+    Args:
+        train: ``(images_dir, ann_file)`` of the training split (see :func:`~botnet.detection.data.coco_split`).
+        val: the same for validation, or ``None``.
+        batch_size: images per batch.
+        num_workers: dataloader workers.
+        with_masks: load instance masks (Mask R-CNN).
+        strict: annotation problems raise instead of a counted warning.
+    """
+
+    def __init__(
+        self,
+        train: tuple[str | Path, str | Path] | None,
+        val: tuple[str | Path, str | Path] | None = None,
+        batch_size: int = 2,
+        num_workers: int = 0,
+        with_masks: bool = True,
+        strict: bool = False,
+    ) -> None:
+        super().__init__()
+        kwargs = dict(with_masks=with_masks, strict=strict)
+        self.train_set = CocoDetection(*train, detection_transforms(True), drop_empty=True, **kwargs) if train else None
+        self.val_set = CocoDetection(*val, detection_transforms(False), **kwargs) if val else None
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    @property
+    def reference(self) -> CocoDetection:
+        """The split that defines the categories."""
+        dataset = self.train_set or self.val_set
+        if dataset is None:
+            raise ValueError("CocoDataModule needs a train or a val split")
+        return dataset
+
+    def _loader(self, dataset: CocoDetection | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise ValueError("this split was not given to CocoDataModule")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
