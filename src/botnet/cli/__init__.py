@@ -9,6 +9,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("botnet.cli.models", "list the models with parameters and FLOPs; run them on a photo"),
     "attention": ("botnet.viz.cli", "draw what an MHSA block attends to (PNG figures) for a checkpoint and image"),
+    "detect": ("botnet.detection.cli", "train / evaluate / predict Mask R-CNN and Faster R-CNN on COCO data"),
 }
 
 
