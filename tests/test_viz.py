@@ -217,6 +217,7 @@ def test_cli_reports_bad_block_query_and_checkpoint(tmp_path: Path, capsys) -> N
         (["--block", "layer3.0.conv2"], "'layer3.0.conv2'; this model's MHSA blocks are: layer4.0.conv2, layer4.1"),
         (["--query", "40,0"], "outside the 40x30 image"),
         (["--query", "3"], "bad --query '3'"),
+        (["--native-size"], "a.png is 40x30, below the model's minimum side of 32; drop --native-size"),
     ]
     for extra, message in cases:
         assert botnet_main(base + extra) == 2

@@ -114,6 +114,11 @@ def main(argv: list[str]) -> int:
             except (OSError, UnidentifiedImageError) as err:
                 raise ValueError(f"cannot read image {path}: {err}") from None
             x = model_input(image, config, args.native_size)
+            if args.native_size and min(x.shape[-2:]) < model.min_input_size:
+                raise ValueError(
+                    f"{path} is {image.height}x{image.width}, below the model's minimum side of "
+                    f"{model.min_input_size}; drop --native-size to resize it to the checkpoint's input size"
+                )
             attention = block_attention(model, x, args.block, image_size=(image.height, image.width))
             guess = prediction(attention, class_names)
             if guess:
