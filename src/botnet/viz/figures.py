@@ -158,6 +158,8 @@ def offset_figure(attention: BlockAttention) -> Figure:
         mappable = ax.imshow(offset_map.numpy(), cmap=ATTENTION_CMAP, extent=extent, interpolation="nearest")
         _colorbar(ax, mappable)
         _mark(ax, (0, 0))
+        ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(5, integer=True))
         ax.set_title(label, fontsize=9)
     _label_outer(axes, "dx (tokens, key - query)", "dy (tokens, key - query)")
     return fig
