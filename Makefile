@@ -27,5 +27,13 @@ lint: $(STAMP)
 table: $(STAMP)
 	$(PY) scripts/model_table.py --readme README.md
 
+# CPU-sized sweeps (minutes); results in benchmarks/results/. On a GPU: make bench BENCH_ARGS="--device cuda".
+BENCH_ARGS ?= --quick
+bench: $(STAMP)
+	$(PY) benchmarks/flops.py
+	$(PY) benchmarks/throughput.py $(BENCH_ARGS)
+	$(PY) benchmarks/attention_memory.py $(BENCH_ARGS)
+	$(PY) benchmarks/model_memory.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,147 @@
+"""Peak memory and time of one attention layer as the token count grows: fused vs explicit vs timm vs lucidrains.
+
+The layer of BoT50's c5 (512 channels, 4 heads x 128, relative position logits) over an ``s x s`` map, forward
+plus backward with the input requiring grad, as in training. Peak memory is what the step allocates above what
+was allocated before it (CUDA: ``max_memory_allocated``; CPU: the torch profiler's allocation events). The
+explicit path and the peers keep ``(B, heads, N, N)`` logits and probabilities, so their memory grows with
+``N^2``; the fused path (``scaled_dot_product_attention`` with the relative logits folded in) should grow about
+linearly. The SDPA column says which kernel the fused path dispatched to.
+
+    python benchmarks/attention_memory.py --quick                 # CPU: 16x16, 32x32, 64x64
+    python benchmarks/attention_memory.py --device cuda --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from common import MIB, Column, Setup, add_common_args, peak_memory, save_figure, time_interleaved, write_report
+from peers import PeerUnavailable, build_attention
+
+LAYERS = ["botnet:fused", "botnet:explicit", "timm:BottleneckAttn", "lucidrains:Attention"]
+TARGET = (64, 0.25)  # the issue's target: at 64x64 tokens the fused peak is at most 0.25x the explicit one
+
+
+def make_step(layer: nn.Module, x: torch.Tensor, setup: Setup) -> Callable[[], None]:
+    """Forward and backward of one layer; the input's gradient is computed as inside a network."""
+
+    def step() -> None:
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        with setup.autocast():
+            out = layer(x)
+        out.float().sum().backward()
+
+    return step
+
+
+def sdpa_backend(fn: Callable[[], object]) -> str:
+    """Which ``scaled_dot_product_attention`` kernel ``fn()`` runs, from the profiler's operator names."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    names = {event.name for event in prof.events()}
+    for suffix, label in (
+        ("flash_attention_for_cpu", "flash (cpu)"),
+        ("flash_attention", "flash"),
+        ("cudnn_attention", "cudnn"),
+        ("efficient_attention", "memory-efficient"),
+        ("attention_math", "math"),
+    ):
+        if f"aten::_scaled_dot_product_{suffix}" in names:
+            return label
+    return "—"
+
+
+def run_size(
+    specs: list[str], size: int, batch: int, setup: Setup, warmup: int, reps: int, dim: int = 512
+) -> list[dict[str, Any]]:
+    """Peak memory and fwd+bwd time of every layer over a ``size x size`` map."""
+    layers = {}
+    for spec in specs:
+        try:
+            layers[spec] = build_attention(spec, dim, size, heads=4, dim_head=128).to(setup.device)
+        except PeerUnavailable as err:
+            print(f"skipping {spec}: {err}", file=sys.stderr)
+    x = torch.randn(batch, dim, size, size, device=setup.device, requires_grad=True)
+    steps = {spec: make_step(layer, x, setup) for spec, layer in layers.items()}
+    rows = []
+    for spec, step in steps.items():
+        step()  # lazy state (tables, kernels' workspaces) stays out of the peak
+        rows.append(dict(layer=spec, tokens=f"{size}×{size}", N=size * size, peak_mib=peak_memory(step, setup) / MIB))
+        if spec == "botnet:fused":
+            rows[-1]["sdpa"] = sdpa_backend(step)
+    times = time_interleaved(steps, setup, warmup, reps)
+    explicit = next((row for row in rows if row["layer"] == "botnet:explicit"), None)
+    for row in rows:
+        row["ms"] = 1e3 * statistics.median(times[row["layer"]])
+    for row in rows:
+        if explicit:
+            row["peak_vs_explicit"] = row["peak_mib"] / explicit["peak_mib"]
+            row["time_vs_explicit"] = row["ms"] / explicit["ms"]
+    return rows
+
+
+def plot(rows: list[dict[str, Any]]) -> Figure:
+    fig = Figure(figsize=(11, 4))
+    ax_mem, ax_time = fig.subplots(1, 2)
+    for spec in dict.fromkeys(row["layer"] for row in rows):
+        mine = [row for row in rows if row["layer"] == spec]
+        ax_mem.plot([r["N"] for r in mine], [r["peak_mib"] for r in mine], "o-", label=spec)
+        ax_time.plot([r["N"] for r in mine], [r["ms"] for r in mine], "o-", label=spec)
+    for ax, label in ((ax_mem, "peak memory, fwd+bwd (MiB)"), (ax_time, "time, fwd+bwd (ms)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens N = H·W")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", lw=0.3)
+    ax_mem.legend()
+    return fig
+
+
+def target_note(rows: list[dict[str, Any]]) -> list[str]:
+    size, maximum = TARGET
+    for row in rows:
+        if row["layer"] == "botnet:fused" and row["N"] == size * size and "peak_vs_explicit" in row:
+            ratio = row["peak_vs_explicit"]
+            verdict = "reached" if ratio <= maximum else "not reached"
+            return [f"target: fused peak at {size}×{size} tokens is {ratio:.2f}x explicit (<= {maximum}x: {verdict})"]
+    return []
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    parser.add_argument("--layers", nargs="+", default=LAYERS, help=f"default: {' '.join(LAYERS)}")
+    parser.add_argument("--sizes", type=int, nargs="+", help="map sides (default 16 32 64 96; quick: 16 32 64)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=None, help="timed rounds (default 3, quick 1)")
+    args = parser.parse_args(argv)
+    setup = Setup.from_args(args)
+    sizes = args.sizes or ([16, 32, 64] if args.quick else [16, 32, 64, 96])
+    reps = args.reps or (1 if args.quick else 3)
+    rows = [row for size in sizes for row in run_size(args.layers, size, args.batch, setup, 1, reps)]
+    columns = [
+        Column("layer", "layer"),
+        Column("tokens", "tokens"),
+        Column("peak_mib", "peak MiB", "{:.1f}"),
+        Column("peak_vs_explicit", "peak ÷ explicit", "{:.2f}"),
+        Column("ms", "fwd+bwd ms", "{:.1f}"),
+        Column("time_vs_explicit", "time ÷ explicit", "{:.2f}"),
+        Column("sdpa", "SDPA kernel"),
+    ]
+    title = f"Attention layer alone: 512 channels, 4 heads × 128, batch {args.batch}, forward + backward"
+    notes = [f"time: median of {reps} interleaved rounds after one warm-up call", *target_note(rows)]
+    stem = write_report("attention_memory", setup, title, [("", rows, columns)], argv, notes)
+    save_figure(plot(rows), stem)
+
+
+if __name__ == "__main__":
+    main()
