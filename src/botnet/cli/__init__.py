@@ -8,6 +8,9 @@ import sys
 # subcommand -> module with ``main(argv: list[str]) -> int | None``
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("botnet.cli.models", "list the models with parameters and FLOPs; run them on a photo"),
+    "train": ("botnet.train.cli_train", "train on mnist5k or an ImageFolder tree (Lightning, 1 CPU to many GPU nodes)"),
+    "eval": ("botnet.train.cli_eval", "top-1/top-5 accuracy and a confusion matrix of a trained model"),
+    "predict": ("botnet.train.cli_predict", "top-k classes with probabilities for image files or folders"),
     "attention": ("botnet.viz.cli", "draw what an MHSA block attends to (PNG figures) for a checkpoint and image"),
     "detect": ("botnet.detection.cli", "train / evaluate / predict Mask R-CNN and Faster R-CNN on COCO data"),
 }
