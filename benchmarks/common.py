@@ -116,12 +116,13 @@ def time_interleaved(
     """Seconds per call of each function, measured in rounds that run every function once.
 
     Interleaving spreads the load of a shared machine over all functions alike, so ratios taken within a
-    round are steadier than the raw times. After ``warmup`` calls each, a function that runs faster than
-    ``min_sample_s`` is called several times per sample (on a GPU: launch overhead stays out of the median).
+    round are steadier than the raw times. Each function gets ``warmup`` (at least 1) untimed calls; if the
+    last one ran faster than ``min_sample_s`` the function is called several times per sample (on a GPU:
+    launch overhead stays out of the median).
     """
     inner = {}
     for name, fn in fns.items():
-        for _ in range(warmup):
+        for _ in range(warmup - 1):
             fn()
         setup.sync()
         start = time.perf_counter()
@@ -138,6 +139,17 @@ def time_interleaved(
             setup.sync()
             times[name].append((time.perf_counter() - start) / inner[name])
     return times
+
+
+def fits(fn: Callable[[], object], setup: Setup) -> bool:
+    """Run ``fn`` once; False (and the CUDA cache emptied) if it runs out of memory."""
+    try:
+        fn()
+    except torch.OutOfMemoryError:
+        if setup.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return False
+    return True
 
 
 def median_ratio(times: Sequence[float], baseline: Sequence[float]) -> float:

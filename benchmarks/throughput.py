@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from botnet.summary import count_params
-from common import Column, Setup, add_common_args, median_ratio, save_figure, time_interleaved, write_report
+from common import Column, Setup, add_common_args, fits, median_ratio, save_figure, time_interleaved, write_report
 from peers import BASELINE, build_models, model_step
 
 MODELS = [
@@ -45,14 +45,23 @@ TARGETS = [("botnet:botnet50", BASELINE, 0.9), ("botnet:botnet50", "timm:botnet5
 
 
 def run_cell(
-    models: dict[str, nn.Module], img_size: int, batch: int, setup: Setup, warmup: int, reps: int
+    models: dict[str, nn.Module],
+    img_size: int,
+    batch: int,
+    setup: Setup,
+    warmup: int,
+    reps: int,
+    passes: tuple[str, ...] = PASSES,
 ) -> list[dict[str, Any]]:
     """Time every model at one input size and batch size, both passes; one row per model."""
     x = torch.randn(batch, 3, img_size, img_size, device=setup.device)
     rows = {spec: dict(model=spec, size=img_size, batch=batch) for spec in models}
-    for pass_name in PASSES:
+    for pass_name in passes:
         steps = {spec: model_step(model, x, setup, pass_name == "fwd+bwd") for spec, model in models.items()}
-        times = time_interleaved(steps, setup, warmup, reps)
+        for spec in [spec for spec, step in steps.items() if not fits(step, setup)]:
+            rows[spec][f"{pass_name} img/s"] = "OOM"
+            del steps[spec]
+        times = time_interleaved(steps, setup, max(warmup - 1, 1), reps)  # fits() was the first warm-up call
         for spec, samples in times.items():
             row = rows[spec]
             row[f"{pass_name} img/s"] = batch / statistics.median(samples)
@@ -106,23 +115,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", help="source:name[:variant] (peers.py); default: all, or 5 if --quick")
     parser.add_argument("--sizes", type=int, nargs="+", help="input sizes (default 224 256 512 1024; quick: 256)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="default 1 16; quick: 4")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per model (default 2, quick 1)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per model (default 3, quick 2)")
     parser.add_argument("--reps", type=int, default=None, help="timed rounds (default 7, quick 3)")
+    parser.add_argument("--passes", nargs="+", choices=PASSES, default=PASSES)
     args = parser.parse_args(argv)
     setup = Setup.from_args(args)
     specs = args.models or (QUICK_MODELS if args.quick else MODELS)
     sizes = args.sizes or ([256] if args.quick else [224, 256, 512, 1024])
     batches = args.batch_sizes or ([4] if args.quick else [1, 16])
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    warmup = args.warmup or (2 if args.quick else 3)
     reps = args.reps or (3 if args.quick else 7)
 
     sections, all_rows = [], []
     for size in sizes:
         models = build_models(specs, size, setup)
         for batch in batches:
-            rows = run_cell(models, size, batch, setup, warmup, reps)
+            rows = run_cell(models, size, batch, setup, warmup, reps, tuple(args.passes))
             columns = [Column("model", "model"), Column("params (M)", "params (M)", "{:.1f}")]
-            for pass_name in PASSES:
+            for pass_name in args.passes:
                 columns += [
                     Column(f"{pass_name} img/s", f"{pass_name} img/s", "{:.1f}"),
                     Column(f"{pass_name} x R50", f"{pass_name} ÷ tv R50", "{:.2f}"),
