@@ -40,6 +40,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a small sweep that finishes in minutes on a CPU")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the .md/.csv/.png files go")
+    parser.add_argument("--suffix", default="", help="appended to the file tag, to keep runs of one kind apart")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Setup:
     compile: bool
     quick: bool
     out: Path
+    suffix: str = ""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Setup:
@@ -60,7 +62,7 @@ class Setup:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device is visible to torch")
-        return cls(device, DTYPES[args.dtype], args.dtype, args.compile, args.quick, args.out)
+        return cls(device, DTYPES[args.dtype], args.dtype, args.compile, args.quick, args.out, args.suffix)
 
     @property
     def tag(self) -> str:
@@ -68,6 +70,7 @@ class Setup:
         parts = [self.device.type, self.dtype_name]
         parts += ["compile"] if self.compile else []
         parts += ["quick"] if self.quick else []
+        parts += [self.suffix] if self.suffix else []
         return "-".join(parts)
 
     def autocast(self) -> AbstractContextManager[Any]:

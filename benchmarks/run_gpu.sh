@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures in one run (about 7 minutes on one H100/H200), each step bounded in time so that one slow or
+# The GPU figures in one run (about 8 minutes on one H100/H200), each step bounded in time so that one slow or
 # failing step does not cost the others. Run from the repository root; the checkout's src/ is used as is.
 #   benchmarks/run_gpu.sh OUTDIR        # results (.md/.csv/.png) go to OUTDIR
 set -u
@@ -24,7 +24,10 @@ step 45 benchmarks/amp_check.py --dtype bf16
 step 45 benchmarks/attention_memory.py
 step 90 benchmarks/throughput.py --dtype bf16 --sizes 256 1024 --batch-sizes 16 --reps 5 --models "${peers[@]}"
 step 90 benchmarks/throughput.py --sizes 256 1024 --batch-sizes 16 --reps 5 --models "${peers[@]}"
-step 90 benchmarks/throughput.py --dtype bf16 --compile --sizes 256 --batch-sizes 16 --reps 5 \
-  --models botnet:botnet50 --passes fwd+bwd
+step 150 benchmarks/throughput.py --dtype bf16 --compile --sizes 256 --batch-sizes 16 --reps 5 \
+  --models torchvision:resnet50 botnet:botnet50 --passes fwd+bwd
 step 35 benchmarks/attention_memory.py --dtype bf16
 step 35 benchmarks/model_memory.py
+step 60 benchmarks/profile_step.py --dtype bf16 --batch 16
+step 60 benchmarks/throughput.py --dtype bf16 --sizes 256 --batch-sizes 64 --reps 5 --suffix b64 \
+  --models torchvision:resnet50 botnet:botnet50 botnet:botnet50:explicit timm:botnet50ts_256
