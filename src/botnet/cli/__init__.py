@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("botnet.train.cli_eval", "top-1/top-5 accuracy and a confusion matrix of a trained model"),
     "predict": ("botnet.train.cli_predict", "top-k classes with probabilities for image files or folders"),
     "attention": ("botnet.viz.cli", "draw what an MHSA block attends to (PNG figures) for a checkpoint and image"),
+    "convert": ("botnet.cli.convert", "convert timm BoTNet weights into a botnet checkpoint directory"),
     "detect": ("botnet.detection.cli", "train / evaluate / predict Mask R-CNN and Faster R-CNN on COCO data"),
 }
 

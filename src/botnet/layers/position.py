@@ -41,9 +41,11 @@ def rel_to_abs(x: torch.Tensor) -> torch.Tensor:
 
 
 def _resize_1d(table: torch.Tensor, length: int) -> torch.Tensor:
-    """Linearly resample a ``(L0, d)`` table to ``(length, d)``, keeping both ends (offset 0 stays central)."""
-    if table.shape[0] == length:
-        return table
+    """Linearly resample a ``(L0, d)`` table to ``(length, d)``, keeping both ends (offset 0 stays central).
+
+    Runs for every size (at ``length == L0`` it is an exact copy): with no branch on the size, traced and exported
+    graphs (ONNX, TorchScript, ``torch.export``) keep ``H`` and ``W`` dynamic.
+    """
     resized = F.interpolate(table.t().unsqueeze(0), size=length, mode="linear", align_corners=True)
     return resized.squeeze(0).t()
 
@@ -173,10 +175,8 @@ class AbsPosEmb2d(_LazyTables):
     def forward(self, height: int, width: int) -> torch.Tensor:
         """The key embedding for a ``height x width`` map, ``(N, d)``, bilinearly resampled if needed."""
         self.materialize(height, width)
-        pos = self.pos
-        if pos.shape[:2] != (height, width):
-            grid = pos.permute(2, 0, 1).unsqueeze(0)
-            pos = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=True)[0].permute(1, 2, 0)
+        grid = self.pos.permute(2, 0, 1).unsqueeze(0)  # exact at the reference size; no branch, as _resize_1d
+        pos = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=True)[0].permute(1, 2, 0)
         return pos.reshape(height * width, self.dim_head)
 
 

@@ -39,9 +39,13 @@ class ModelCfg:
         """timm-style metadata dict (``default_cfg``)."""
         cfg = asdict(self)
         cfg.pop("arch")
-        first_conv = "conv1.0" if self.arch.get("stem") == "tiered" else "conv1"
-        cfg.update(first_conv=first_conv, classifier="fc", fixed_input_size=False)
+        cfg.update(first_conv=first_conv(self.arch), classifier="fc", fixed_input_size=False)
         return cfg
+
+
+def first_conv(arch: dict[str, Any]) -> str:
+    """Name of the first conv (timm's ``first_conv``): the tiered stem's is ``conv1.0``."""
+    return "conv1.0" if arch.get("stem") == "tiered" else "conv1"
 
 
 _REGISTRY: dict[str, ModelCfg] = {}
@@ -124,7 +128,12 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int = 3, *
     img_size = kwargs["img_size"]
     img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     pretrained = cfg.pretrained_cfg()
-    pretrained.update(input_size=(in_chans, *img_size), num_classes=model.num_classes, architecture=name)
+    pretrained.update(
+        input_size=(in_chans, *img_size),
+        num_classes=model.num_classes,
+        architecture=name,
+        first_conv=first_conv(kwargs),
+    )
     if in_chans != len(cfg.mean):
         mean, std = sum(cfg.mean) / len(cfg.mean), sum(cfg.std) / len(cfg.std)
         pretrained.update(mean=(mean,) * in_chans, std=(std,) * in_chans)  # grey: the channels' average

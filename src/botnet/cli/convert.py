@@ -1,0 +1,32 @@
+"""``botnet convert --from-timm FILE --out DIR``: timm BoTNet weights -> a ``botnet`` checkpoint directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from botnet.convert import from_timm, load_state_dict_file
+from botnet.hub import save_pretrained
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="botnet convert", description=__doc__)
+    parser.add_argument(
+        "--from-timm",
+        required=True,
+        metavar="FILE",
+        help="state dict of timm's botnet26t_256 / botnet50ts_256 (.safetensors, or .pth read with weights_only)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="writes model.safetensors + config.json here")
+    args = parser.parse_args(argv)
+    try:
+        model = from_timm(load_state_dict_file(args.from_timm))
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"botnet convert: {err}", file=sys.stderr)
+        return 1
+    save_pretrained(model, args.out, extra={"converted_from": f"timm:{args.from_timm}"})
+    print(
+        f"{args.from_timm} -> {args.out}: {model.model_name} {model.pretrained_cfg['input_size']}, "
+        f"{model.num_classes} classes"
+    )
+    return 0
