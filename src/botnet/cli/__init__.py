@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("botnet.train.cli_predict", "top-k classes with probabilities for image files or folders"),
     "attention": ("botnet.viz.cli", "draw what an MHSA block attends to (PNG figures) for a checkpoint and image"),
     "convert": ("botnet.cli.convert", "convert timm BoTNet weights into a botnet checkpoint directory"),
+    "export": ("botnet.cli.export", "export a checkpoint to ONNX or TorchScript"),
     "detect": ("botnet.detection.cli", "train / evaluate / predict Mask R-CNN and Faster R-CNN on COCO data"),
 }
 
