@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/botnet models --image chelsea
+	VENV=$(VENV) bash scripts/demo.sh
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks scripts

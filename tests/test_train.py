@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from botnet.cli import main as botnet_main
 from botnet.train.callbacks import AtomicCheckpointIO
+from botnet.train.cli import run_command
 from botnet.train.cli_eval import main as eval_main
 from botnet.train.cli_predict import main as predict_main
 from botnet.train.cli_train import fit, parse_args
@@ -122,6 +123,18 @@ def test_resume_gives_the_same_weights(folder: Path, run: Path, tmp_path: Path) 
     assert not different, f"resumed weights differ from the straight run: {different[:5]}"
 
 
+def test_recipe_options_train_and_export_the_ema_weights(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "recipe"
+    recipe = ["--ema-decay", "0.9", "--mixup", "0.2", "--cutmix", "1.0", "--opt", "lamb", "--clip-grad", "1.0"]
+    assert train_main(_train_argv(folder, out, *recipe, "--epochs", "1", "--sched", "poly")) == 0
+    checkpoint = torch.load(out / "last.ckpt", weights_only=False)
+    exported = load_file(out / "model.safetensors")
+    averaged = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    current = {k.removeprefix("model."): v for k, v in checkpoint["current_model_state"].items()}
+    assert all(torch.equal(exported[k], averaged[k]) for k in exported)
+    assert not all(torch.equal(exported[k], current[k]) for k in exported)
+
+
 def test_interrupt_leaves_a_resumable_checkpoint(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     class CtrlC(pl.Callback):
         def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
@@ -134,9 +147,15 @@ def test_interrupt_leaves_a_resumable_checkpoint(folder: Path, tmp_path: Path, c
     checkpoint = torch.load(out / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == 3 and not (out / "model.safetensors").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    assert train_main(["--resume", str(out / "last.ckpt")]) == 0
+    assert train_main(["--resume", "last", "--out", str(out)]) == 0  # as a requeued job would
     assert (out / "model.safetensors").is_file()
     assert "done, 2 epochs" in capsys.readouterr().out
+
+
+def test_resume_last_starts_fresh_when_there_is_no_run(tmp_path: Path) -> None:
+    assert parse_args(["--resume", "last", "--out", str(tmp_path)]).checkpoint is None
+    (tmp_path / "last.ckpt").touch()
+    assert parse_args(["--resume", "last", "--out", str(tmp_path)]).checkpoint == tmp_path / "last.ckpt"
 
 
 def test_eval_prints_and_writes_parsable_results(run: Path, folder: Path, capsys: pytest.CaptureFixture) -> None:
@@ -287,6 +306,15 @@ def test_mismatched_checkpoint_is_named(run: Path, tmp_path: Path, capsys: pytes
 def test_fresh_run_refuses_to_overwrite(folder: Path, run: Path, capsys: pytest.CaptureFixture) -> None:
     assert train_main(_train_argv(folder, run)) == 1
     assert f"--resume {run}" in capsys.readouterr().err
+
+
+def test_out_of_memory_gets_a_hint(capsys: pytest.CaptureFixture) -> None:
+    def command() -> int:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    assert run_command("botnet train", command, batch_size=256) == 1
+    err = capsys.readouterr().err
+    assert "out of memory (--batch-size 256): lower --batch-size" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "predict"])

