@@ -273,6 +273,9 @@ def test_malformed_files_give_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "other.json").write_text(json.dumps({"images": []}))
     with pytest.raises(AnnotationError, match="not a COCO instances file"):
         CocoDetection(tmp_path, tmp_path / "other.json")
+    (tmp_path / "sizeless.json").write_text(json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []}))
+    with pytest.raises(AnnotationError, match=r"image #0 has no \['file_name', 'width', 'height'\]"):
+        CocoDetection(tmp_path, tmp_path / "sizeless.json")
     ann_file = _bad_coco(tmp_path)
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")  # the json says 64x48
     with warnings.catch_warnings():

@@ -47,17 +47,22 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="botnet detect", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a loaded shared machine)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a loaded shared machine)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser(MAKE_DEMO, help="write the synthetic digits-on-photos COCO set (no download)")
+    demo = commands.add_parser(
+        MAKE_DEMO, help="write the synthetic digits-on-photos COCO set (no download)", parents=[common]
+    )
     demo.add_argument("--out", type=Path, required=True, help="folder to write ROOT/{train,val}, ROOT/annotations")
     demo.add_argument("--train", type=int, default=64, help="training images")
     demo.add_argument("--val", type=int, default=16, help="validation images")
     demo.add_argument("--size", type=int, nargs=2, default=(192, 256), metavar=("H", "W"), help="image size")
     demo.add_argument("--seed", type=int, default=0)
 
-    train = commands.add_parser(TRAIN, help="train on a COCO-format set; validates with COCOeval after each epoch")
+    train = commands.add_parser(
+        TRAIN, help="train on a COCO-format set; validates with COCOeval after each epoch", parents=[common]
+    )
     train.add_argument("--data", type=Path, required=True, help="dataset root (COCO layout)")
     train.add_argument("--train-split", default="train")
     train.add_argument("--val-split", default="val", help="'' for no validation")
@@ -79,14 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", type=Path, default=Path("runs/detect"), help="logs and checkpoints")
 
-    evaluate = commands.add_parser(EVAL, help="COCOeval box (and mask) AP of a checkpoint on a split")
+    evaluate = commands.add_parser(EVAL, help="COCOeval box (and mask) AP of a checkpoint on a split", parents=[common])
     evaluate.add_argument("--checkpoint", type=Path, required=True)
     evaluate.add_argument("--data", type=Path, required=True)
     evaluate.add_argument("--split", default="val")
     evaluate.add_argument("--batch-size", type=int, default=2)
     evaluate.add_argument("--results-json", type=Path, help="also write the detections in COCO results format")
 
-    predict = commands.add_parser(PREDICT, help="draw a checkpoint's detections on images (PNG)")
+    predict = commands.add_parser(PREDICT, help="draw a checkpoint's detections on images (PNG)", parents=[common])
     predict.add_argument("--checkpoint", type=Path, required=True)
     predict.add_argument("images", type=Path, nargs="+")
     predict.add_argument("--out", type=Path, required=True, help="folder for the drawn PNGs")
@@ -221,6 +226,8 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"{path}: {shown} detections >= {args.score_threshold} -> {args.out / (path.stem + '.png')}")
         if path in image_ids:
             results += to_coco_results(output, image_ids[path], module.cat_ids)
+        elif args.results_json:
+            print(f"{path}: not in {args.ann}, left out of the results json")
     if args.results_json:
         args.results_json.write_text(json.dumps(results))
         print(f"results: {args.results_json} ({len(results)} detections)")

@@ -84,6 +84,10 @@ def _load_coco(ann_file: Path) -> COCO:
     missing = [key for key in ("images", "annotations", "categories") if not isinstance(data.get(key), list)]
     if missing:
         raise AnnotationError(f"{ann_file}: not a COCO instances file, no list {missing} (see cocodataset.org)")
+    for i, image in enumerate(data["images"]):
+        lacking = [key for key in ("id", "file_name", "width", "height") if key not in image]
+        if lacking:
+            raise AnnotationError(f"{ann_file}: image #{i} has no {lacking}")
     for i, ann in enumerate(data["annotations"]):
         if "id" not in ann:
             raise AnnotationError(f"{ann_file}: annotation #{i} has no 'id'")
