@@ -155,9 +155,14 @@ def fits(fn: Callable[[], object], setup: Setup) -> bool:
     return True
 
 
+def round_ratios(times: Sequence[float], baseline: Sequence[float]) -> list[float]:
+    """Per round, ``baseline / times`` (a speed ratio: above 1 is faster than the baseline)."""
+    return [b / t for t, b in zip(times, baseline, strict=True)]
+
+
 def median_ratio(times: Sequence[float], baseline: Sequence[float]) -> float:
-    """Median over rounds of ``baseline / times`` (a speed ratio: above 1 is faster than the baseline)."""
-    return statistics.median(b / t for t, b in zip(times, baseline, strict=True))
+    """Median over rounds of the speed ratio to ``baseline``."""
+    return statistics.median(round_ratios(times, baseline))
 
 
 def peak_memory(fn: Callable[[], object], setup: Setup) -> int:

@@ -22,7 +22,17 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from botnet.summary import count_params
-from common import Column, Setup, add_common_args, fits, median_ratio, save_figure, time_interleaved, write_report
+from common import (
+    Column,
+    Setup,
+    add_common_args,
+    fits,
+    median_ratio,
+    round_ratios,
+    save_figure,
+    time_interleaved,
+    write_report,
+)
 from peers import BASELINE, build_models, model_step
 
 MODELS = [
@@ -69,7 +79,9 @@ def run_cell(
                 row[f"{pass_name} x R50"] = median_ratio(samples, times[BASELINE])
             for model, reference, _ in TARGETS:
                 if spec == model and reference in times and pass_name == "fwd+bwd":
-                    row[f"vs {reference}"] = median_ratio(samples, times[reference])
+                    ratios = round_ratios(samples, times[reference])
+                    row[f"vs {reference}"] = statistics.median(ratios)
+                    row[f"vs {reference} rounds"] = f"{min(ratios):.2f}–{max(ratios):.2f}"
     for spec, model in models.items():
         rows[spec]["params (M)"] = count_params(model) / 1e6
     return list(rows.values())
@@ -85,7 +97,7 @@ def target_notes(rows: list[dict[str, Any]]) -> list[str]:
                 verdict = "reached" if ratio >= minimum else "not reached"
                 notes.append(
                     f"target: `{model}` fwd+bwd at 256 px, batch {row['batch']}, is {ratio:.2f}x `{reference}` "
-                    f"(target >= {minimum}x: {verdict})"
+                    f"(rounds: {row[f'vs {reference} rounds']}; target >= {minimum}x: {verdict})"
                 )
     return notes
 

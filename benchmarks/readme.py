@@ -1,0 +1,168 @@
+"""Fill the README's performance block (between ``<!-- performance:begin/end -->``) from benchmarks/results/*.csv.
+
+Nothing is typed in: every figure is looked up in a result file, and a figure whose file is missing shows "—".
+
+    python benchmarks/readme.py --readme README.md      # rewrite the block in place (else print it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import RESULTS_DIR
+
+BEGIN, END = "<!-- performance:begin -->", "<!-- performance:end -->"
+BOTNET50, TIMM50 = "botnet:botnet50", "timm:botnet50ts_256"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell: the value of ``column`` in the row of ``file`` matching ``match``, formatted by ``fmt``."""
+
+    file: str
+    match: dict[str, str]
+    column: str
+    fmt: str = "{:.2f}×"
+
+    def render(self, results: Path) -> str:
+        path = results / self.file
+        if not path.exists():
+            return "—"
+        with path.open() as handle:
+            rows = [row for row in csv.DictReader(handle) if all(row.get(k) == v for k, v in self.match.items())]
+        if not rows or not rows[0].get(self.column):
+            return "—"
+        value = rows[0][self.column]
+        try:
+            return self.fmt.format(float(value))
+        except ValueError:
+            return value
+
+
+def throughput(file: str, batch: int, column: str) -> Cell:
+    return Cell(file, dict(model=BOTNET50, size="256", batch=str(batch)), column)
+
+
+def fused_memory(file: str) -> Cell:
+    return Cell(file, dict(layer="botnet:fused", N="4096"), "peak_vs_explicit")
+
+
+CPU_FILE, GPU_FILE = "throughput-cpu-fp32.csv", "throughput-cuda-bf16.csv"
+# (what, target, CPU figure, GPU figures with their labels)
+ROWS: list[tuple[str, str, Cell | None, list[tuple[str, Cell]]]] = [
+    (
+        "`botnet50` training step (fwd+bwd) ÷ torchvision `resnet50`, 256 px",
+        "≥ 0.9×",
+        throughput("throughput-cpu-fp32.csv", 8, "fwd+bwd x R50"),
+        [
+            ("batch 16", throughput("throughput-cuda-bf16.csv", 16, "fwd+bwd x R50")),
+            ("batch 64", throughput("throughput-cuda-bf16-b64.csv", 64, "fwd+bwd x R50")),
+            ("batch 16, both compiled", throughput("throughput-cuda-bf16-compile.csv", 16, "fwd+bwd x R50")),
+        ],
+    ),
+    (
+        "`botnet50` training step ÷ timm `botnet50ts_256`, 256 px",
+        "≥ 1.5×",
+        throughput("throughput-cpu-fp32.csv", 8, f"vs {TIMM50}"),
+        [
+            ("batch 16", throughput("throughput-cuda-bf16.csv", 16, f"vs {TIMM50}")),
+            ("batch 64", throughput("throughput-cuda-bf16-b64.csv", 64, f"vs {TIMM50}")),
+        ],
+    ),
+    (
+        "MHSA layer peak memory at 64×64 tokens, fused ÷ explicit (fwd+bwd)",
+        "≤ 0.25×",
+        fused_memory("attention_memory-cpu-fp32.csv"),
+        [
+            ("bf16", fused_memory("attention_memory-cuda-bf16.csv")),
+            ("fp32", fused_memory("attention_memory-cuda-fp32.csv")),
+        ],
+    ),
+    (
+        "MHSA layer time at 64×64 tokens, fused ÷ explicit (fwd+bwd)",
+        "",
+        Cell("attention_memory-cpu-fp32.csv", dict(layer="botnet:fused", N="4096"), "time_vs_explicit"),
+        [
+            ("bf16", Cell("attention_memory-cuda-bf16.csv", dict(layer="botnet:fused", N="4096"), "time_vs_explicit")),
+            ("fp32", Cell("attention_memory-cuda-fp32.csv", dict(layer="botnet:fused", N="4096"), "time_vs_explicit")),
+        ],
+    ),
+    (
+        "`botnet50` training-step peak memory ÷ `resnet50`, 1024 px, batch 1",
+        "",
+        Cell("model_memory-cpu-fp32.csv", dict(model=BOTNET50, size="1024"), "fwd+bwd x R50"),
+        [("fp32", Cell("model_memory-cuda-fp32.csv", dict(model=BOTNET50, size="1024"), "fwd+bwd x R50"))],
+    ),
+    (
+        "`botnet50` forward FLOPs ÷ `resnet50`, 1024 px (paper: ~1.2×)",
+        "",
+        Cell("flops.csv", dict(model=BOTNET50, size="1024"), "x_r50"),
+        [],
+    ),
+]
+FILES = [
+    ("throughput-cpu-fp32.md", "throughput, CPU, 256 px, batch 8, every model"),
+    ("throughput-cuda-bf16.md", "throughput, H200 bf16, 256 and 1024 px, batch 16"),
+    ("throughput-cuda-fp32.md", "throughput, H200 fp32"),
+    ("throughput-cuda-bf16-b64.md", "throughput, H200 bf16, batch 64"),
+    ("throughput-cuda-bf16-compile.md", "torch.compile, H200 bf16"),
+    ("attention_memory-cpu-fp32.md", "MHSA layer memory/time, 16² to 96² tokens, CPU"),
+    ("attention_memory-cuda-bf16.md", "the same on the H200, with the SDPA kernel chosen (fp32: `-fp32.md`)"),
+    ("model_memory-cpu-fp32.md", "whole-model peak memory, 256 to 1024 px (GPU: `model_memory-cuda-fp32.md`)"),
+    ("profile_step-cpu-fp32.md", "profiler: where a training step's time goes on the CPU"),
+    ("profile_step-cuda-bf16.md", "the same on the H200"),
+    ("flops.md", "FLOPs and parameters next to the paper's"),
+    ("amp_check-cuda-bf16.md", "bf16 training steps: finite losses and gradients, fused vs explicit"),
+]
+
+
+def machine(results: Path, file: str) -> str:
+    """``processor, N threads, torch X`` (CPU runs) or the GPU's name (CUDA runs), from a result file's fields."""
+    path = results / file
+    if not path.exists():
+        return "not measured"
+    with path.open() as handle:
+        row = next(csv.DictReader(handle))
+    if row["device"] != "cpu":
+        return f"{row['device']}, torch {row['torch']}, {row['dtype']} unless noted"
+    threads = f"{row['threads']} thread" + ("" if row["threads"] == "1" else "s")
+    return f"{row['cpu']}, {threads}, torch {row['torch']}, {row['dtype']}"
+
+
+def block(results: Path) -> str:
+    lines = [
+        f"| figure | target | CPU: {machine(results, CPU_FILE)} | GPU: {machine(results, GPU_FILE)} |",
+        "|---|---|---|---|",
+    ]
+    for what, target, cpu, gpu in ROWS:
+        cpu_text = cpu.render(results) if cpu else "—"
+        gpu_text = "; ".join(f"{fig.render(results)} ({label})" for label, fig in gpu) or "—"
+        lines.append(f"| {what} | {target or '—'} | {cpu_text} | {gpu_text} |")
+    lines += ["", "Full tables, CSV and plots in `benchmarks/results/`:", ""]
+    lines += [f"- [`{name}`](benchmarks/results/{name}): {text}" for name, text in FILES if (results / name).exists()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readme", type=Path, help="rewrite this file's block in place (else print)")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args()
+    text = block(args.results)
+    if args.readme is None:
+        print(text)
+        return
+    readme = args.readme.read_text()
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(readme):
+        raise SystemExit(f"{args.readme} has no {BEGIN} ... {END} block")
+    args.readme.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", readme))
+    print(f"wrote the performance block to {args.readme}")
+
+
+if __name__ == "__main__":
+    main()
