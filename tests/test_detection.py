@@ -116,14 +116,18 @@ def test_frozen_bn_keeps_the_statistics_and_trainable_layers_freeze_the_bottom(t
     weights = tmp_path / "botnet26.pt"
     torch.save(reference.state_dict(), weights)
 
-    backbone = botnet_fpn_backbone("botnet26", weights=weights, frozen_bn=True, trainable_layers=2, **TINY)
+    # Tables learned at 224 (c5 maps 14x14, 7x7), detector at 128 (8x8, 4x4): resampled on load.
+    backbone = botnet_fpn_backbone(
+        "botnet26", weights=weights, frozen_bn=True, trainable_layers=2, img_size=128, **TINY
+    )
+    assert backbone.body.layer4[0].conv2.pos_embed.rel_h.shape == (15, 32)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
     assert sum(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules()) == sum(
         isinstance(m, nn.BatchNorm2d) for m in reference.modules()
     )
-    x = torch.randn(2, 3, 96, 128)
+    x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
-        expected = reference.eval().forward_features(x)
+        expected = reference.eval().forward_features(x)  # resamples its 224 tables at run time
         got = backbone.train().body(x)["3"]  # frozen BN uses the statistics in train mode too
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
@@ -369,7 +373,11 @@ def test_cli_make_data_train_eval_predict(demo: Path, tmp_path: Path, capsys: py
     ]
     run = tmp_path / "run"
     args = ["--data", str(demo), "--model", "maskrcnn_botnet26_fpn", "--image-size", "128", "--fpn-channels", "32"]
-    assert main(["detect", "train", *args, *tiny, "--max-steps", "2", "--out", str(run)]) == 0
+    weights = tmp_path / "botnet26.pt"
+    torch.save(botnet.create_model("botnet26", num_classes=0, **TINY).state_dict(), weights)
+    start = ["--backbone-weights", str(weights), "--frozen-bn", "--trainable-layers", "3"]
+    assert main(["detect", "train", *args, *tiny, *start, "--max-steps", "2", "--out", str(run)]) == 0
+    weights.unlink()  # the checkpoint has the weights; eval and predict must not need the file
     out = capsys.readouterr().out
     assert "| bbox |" in out and "| segm |" in out
     checkpoint = run / "checkpoints/last.ckpt"

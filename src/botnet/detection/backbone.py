@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
@@ -56,10 +57,35 @@ def freeze_layers(model: nn.Module, trainable_layers: int) -> None:
             param.requires_grad_(False)
 
 
+def fit_position_tables(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Resample the position tables in ``state`` to the shapes of ``model``'s, as ``MHSA2d`` does at run time.
+
+    Relative tables ``rel_h`` / ``rel_w (2L - 1, d)`` are resampled linearly along the offsets, absolute ones
+    ``pos (H, W, d)`` bilinearly, both with ``align_corners=True`` (offset 0 stays central). So ImageNet weights
+    learned at 224 (7x7 and 14x14 c5 maps) start a detector whose tables are sized for 1024 (32x32, 64x64), and at
+    any map size the model computes what it would with the original tables. Other entries are returned as they are.
+    """
+    own = model.state_dict()
+    fitted = dict(state)
+    for key, table in state.items():
+        target = own.get(key)
+        if target is None or target.shape == table.shape:
+            continue
+        if key.endswith((".pos_embed.rel_h", ".pos_embed.rel_w")):
+            resized = F.interpolate(table.t()[None], size=target.shape[0], mode="linear", align_corners=True)
+            fitted[key] = resized[0].t()
+        elif key.endswith(".pos_embed.pos"):
+            grid = table.permute(2, 0, 1)[None]
+            resized = F.interpolate(grid, size=tuple(target.shape[:2]), mode="bilinear", align_corners=True)
+            fitted[key] = resized[0].permute(1, 2, 0)
+    return fitted
+
+
 def load_backbone_weights(model: ResNet, path: str | Path) -> None:
     """Load a classifier state_dict (``torch.save`` file or ``.safetensors``) into ``model``, ignoring ``fc``.
 
-    Keys must match the model exactly otherwise (torchvision ResNet weights fit the ``resnet*`` rows).
+    Position tables are resampled to the model's (:func:`fit_position_tables`); every other key and shape must
+    match (torchvision ResNet weights fit the ``resnet*`` rows).
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -68,8 +94,11 @@ def load_backbone_weights(model: ResNet, path: str | Path) -> None:
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    state = fit_position_tables({k: v for k, v in state.items() if not k.startswith("fc.")}, model)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"{path}: weights do not fit the backbone: {err}") from None
     if missing or unexpected:
         raise ValueError(
             f"{path}: weights do not fit the backbone (missing {missing[:5]}, unexpected {unexpected[:5]}); "
@@ -95,7 +124,8 @@ def botnet_fpn_backbone(
 
     Args:
         model_name: a name from :func:`botnet.list_models`, e.g. ``"botnet50"`` or ``"resnet50"``.
-        weights: optional local classifier state_dict to start from (nothing is ever downloaded).
+        weights: optional local classifier state_dict to start from (nothing is ever downloaded); its position
+            tables are resampled to ``img_size``'s.
         frozen_bn: replace BatchNorm by ``FrozenBatchNorm2d`` (sensible with ``weights``; from scratch the
             frozen layers are identities).
         trainable_layers: how many of ``layer4, layer3, layer2, layer1, conv1`` keep gradients (5 = all).

@@ -138,7 +138,6 @@ def _train(args: argparse.Namespace) -> int:
     detector_kwargs = dict(
         image_size=args.image_size,
         fpn_channels=args.fpn_channels,
-        backbone_weights=str(args.backbone_weights) if args.backbone_weights else None,
         frozen_bn=args.frozen_bn,
         trainable_layers=args.trainable_layers,
         backbone_kwargs=dict(args.backbone_arg),
@@ -152,6 +151,7 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
         warmup_steps=args.warmup_steps,
         detector_kwargs=detector_kwargs,
+        backbone_weights=args.backbone_weights,
     )
     checkpoints = ModelCheckpoint(dirpath=args.out / "checkpoints", save_last=True)
     trainer = _trainer(

@@ -39,6 +39,7 @@ class DetectionModule(L.LightningModule):
         weight_decay: L2 penalty (not applied to norm layers or biases).
         warmup_steps: linear warm-up from ``lr / 1000``.
         detector_kwargs: further :func:`~botnet.detection.create_detector` arguments.
+        backbone_weights: local classifier state_dict to start the backbone from (only when training starts).
     """
 
     def __init__(
@@ -52,10 +53,14 @@ class DetectionModule(L.LightningModule):
         weight_decay: float = 1e-4,
         warmup_steps: int = 100,
         detector_kwargs: dict[str, Any] | None = None,
+        backbone_weights: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = create_detector(detector, num_classes, **(detector_kwargs or {}))
+        # Not a hyperparameter: a checkpoint holds the trained weights, and must not need the file again.
+        self.save_hyperparameters(ignore=["backbone_weights"])
+        self.model = create_detector(
+            detector, num_classes, backbone_weights=backbone_weights, **(detector_kwargs or {})
+        )
         self.categories = categories or [str(i) for i in range(1, num_classes)]
         self.cat_ids = cat_ids or list(range(1, num_classes))
         self.evaluator: CocoEvaluator | None = None
