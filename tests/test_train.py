@@ -161,7 +161,7 @@ def test_resume_last_starts_fresh_when_there_is_no_run(tmp_path: Path) -> None:
 def test_eval_prints_and_writes_parsable_results(run: Path, folder: Path, capsys: pytest.CaptureFixture) -> None:
     assert eval_main(["--checkpoint", str(run), "--json", "--accelerator", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["images"] == 12 and result["data"] == str(folder) and result["split"] == "val"
+    assert result["images"] == 12 and result["data"] == str(folder.resolve()) and result["split"] == "val"
     assert 0 <= result["top1"] <= result["top5"] == 1.0  # 3 classes: top-5 is top-3
     assert Path(result["confusion_matrix"]).is_file()
     assert json.loads((run / "eval.json").read_text()) == result

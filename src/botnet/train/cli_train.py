@@ -281,6 +281,7 @@ def build_trainer(args: argparse.Namespace, callbacks: Sequence[pl.Callback] = (
     if importlib.util.find_spec("tensorboard") is not None:
         loggers.append(TensorBoardLogger(out, name="tensorboard", default_hp_metric=False))
     ema = [EMAWeightAveraging(decay=args.ema_decay)] if args.ema_decay else []
+    data = args.data if args.data == MNIST5K else str(Path(args.data).resolve())  # for eval from any folder
     return pl.Trainer(
         **trainer_placement(args),
         max_epochs=args.epochs,
@@ -294,7 +295,7 @@ def build_trainer(args: argparse.Namespace, callbacks: Sequence[pl.Callback] = (
         plugins=[AtomicCheckpointIO()],
         callbacks=[
             *ema,  # before the export, so that the exported weights are the averaged ones
-            ExportPretrained(out, extra={"data": args.data}),
+            ExportPretrained(out, extra={"data": data}),
             TrainingCurve(out / "logs", out / "training_curve.png"),
             ResumableRNG(),
             SaveOnInterrupt(out),

@@ -38,8 +38,9 @@ def channel_mode(in_chans: int) -> str:
 def load_image(path: str | Path, mode: str) -> Image.Image:
     """Decode ``path`` fully and convert it to ``mode``; raises one of ``IMAGE_ERRORS`` for a bad file.
 
-    16-bit and 32-bit integer images are rescaled to 8 bits (``convert`` alone would clip them); palette
-    images with transparency go through RGBA; CMYK, grayscale and alpha images are converted by PIL.
+    16-bit grayscale images (``I;16``, or ``I`` holding values above 255) are rescaled to 8 bits, where
+    ``convert`` alone would clip them; palette images with transparency go through RGBA; CMYK, grayscale and
+    alpha images are converted by PIL.
     """
     with Image.open(path) as image:
         image.load()  # decode now: a truncated file fails here rather than inside a transform
