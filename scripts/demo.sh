@@ -36,10 +36,9 @@ for digit in range(10):
 EOF
 "$BOTNET" predict "$OUT/digits" --checkpoint "$OUT" --topk 3
 
-# ---- attention figures: wired by the lead once `botnet attention` has landed -------------------------------------
-# "$BOTNET" attention --checkpoint "$OUT" --image "$OUT/digits/val300_digit6.png" --block layer3.0.conv2 \
-#     --query center --out "$OUT/attention/"
-# ---------------------------------------------------------------------------------------------------------------------
+# Attention maps of the first c4 MHSA block (8x8 tokens at 64x64 input) for three held-out digits.
+"$BOTNET" attention --checkpoint "$OUT" --image "$OUT"/digits/val*_digit{2,6,8}.png --block layer3.0.conv2 \
+    --query center --out "$OUT/attention"
 
 cat <<EOF
 
@@ -47,6 +46,7 @@ demo done in $((SECONDS - start)) s (training $((trained - start)) s). Look at:
   $OUT/training_curve.png      loss and val top-1 per epoch
   $OUT/confusion_matrix.png    val confusion matrix; numbers in $OUT/eval.json
   $OUT/digits/                 the held-out digits predicted above
+  $OUT/attention/              attention maps (per head, content vs position logits, offsets) of layer3.0
   $OUT/model.safetensors       inference weights + config.json (botnet eval/predict --checkpoint $OUT)
   $OUT/train.yaml              the resolved training flags (botnet train --config $OUT/train.yaml repeats the run)
   $OUT/logs/                   CSV (and TensorBoard) logs; $OUT/last.ckpt resumes (botnet train --resume $OUT)
