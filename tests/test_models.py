@@ -240,3 +240,29 @@ def test_dim_head_override_sets_attention_width() -> None:
     model = botnet.create_model("botnet26", dim_head=32)  # 4 heads x 32 = 128 channels out of each MHSA
     assert model.layer4[0].bn2.num_features == 128 and model.layer4[0].conv3.in_channels == 128
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_save_and_load_pretrained_round_trip(tmp_path) -> None:  # noqa: ANN001
+    import os
+
+    model = botnet.create_model("botnet26", num_classes=4, in_chans=1, channels=(8, 16, 32, 64), stem_width=8).eval()
+    model.pretrained_cfg["crop_pct"] = 1.0
+    botnet.save_pretrained(model, tmp_path, extra={"class_names": ["a", "b", "c", "d"]})
+    assert oct(os.stat(tmp_path / "model.safetensors").st_mode & 0o044) == oct(0o044 & ~_umask())  # not 0600
+    loaded = botnet.from_pretrained(tmp_path).eval()
+    x = torch.randn(2, 1, 64, 64)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert loaded.pretrained_cfg["crop_pct"] == 1.0
+    assert botnet.load_config(tmp_path)["extra"]["class_names"] == ["a", "b", "c", "d"]
+    with pytest.raises(ValueError, match=r"does not match the model \(the file was trained for botnet26\)"):
+        botnet.hub.load_weights(
+            botnet.create_model("botnet26", num_classes=4), tmp_path / "model.safetensors", "botnet26"
+        )
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -31,6 +31,9 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -123,4 +126,5 @@ def from_pretrained(directory: str | os.PathLike, **overrides: Any) -> ResNet:
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found next to {CONFIG_NAME}")
     load_weights(model, weights, config["architecture"])
+    model.pretrained_cfg.update(config.get("pretrained_cfg", {}))  # e.g. the crop_pct / mean / std it was trained with
     return model
