@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import RESULTS_DIR
+from peers import BASELINE
 
 BEGIN, END = "<!-- performance:begin -->", "<!-- performance:end -->"
 BOTNET50, TIMM50 = "botnet:botnet50", "timm:botnet50ts_256"
@@ -27,24 +28,36 @@ class Cell:
     match: dict[str, str]
     column: str
     fmt: str = "{:.2f}×"
+    spread: str = ""  # a column whose text follows the value in parentheses (e.g. the per-round range)
 
-    def render(self, results: Path) -> str:
+    def render(self, results: Path) -> tuple[str, str]:
+        """The formatted value and the spread's text ("" if none); ``("—", "")`` if not measured."""
         path = results / self.file
         if not path.exists():
-            return "—"
+            return "—", ""
         with path.open() as handle:
             rows = [row for row in csv.DictReader(handle) if all(row.get(k) == v for k, v in self.match.items())]
         if not rows or not rows[0].get(self.column):
-            return "—"
+            return "—", ""
         value = rows[0][self.column]
         try:
-            return self.fmt.format(float(value))
+            value = self.fmt.format(float(value))
         except ValueError:
-            return value
+            pass
+        return value, rows[0].get(self.spread, "") if self.spread else ""
 
 
 def throughput(file: str, batch: int, column: str) -> Cell:
-    return Cell(file, dict(model=BOTNET50, size="256", batch=str(batch)), column)
+    spread = f"{column} rounds" if column.startswith("vs ") else ""
+    return Cell(file, dict(model=BOTNET50, size="256", batch=str(batch)), column, spread=spread)
+
+
+def target_runs(column: str) -> list[tuple[str, Cell]]:
+    """The CPU figure of a throughput target from both runs: every model (7 rounds) and the 3 models (11 rounds)."""
+    return [
+        ("all models, 7 rounds", throughput("throughput-cpu-fp32.csv", 8, column)),
+        ("3 models, 11 rounds", throughput("throughput-cpu-fp32-targets.csv", 8, column)),
+    ]
 
 
 def fused_memory(file: str) -> Cell:
@@ -52,12 +65,12 @@ def fused_memory(file: str) -> Cell:
 
 
 CPU_FILE, GPU_FILE = "throughput-cpu-fp32.csv", "throughput-cuda-bf16.csv"
-# (what, target, CPU figure, GPU figures with their labels)
-ROWS: list[tuple[str, str, Cell | None, list[tuple[str, Cell]]]] = [
+# (what, target, CPU figures and GPU figures with their labels)
+ROWS: list[tuple[str, str, list[tuple[str, Cell]], list[tuple[str, Cell]]]] = [
     (
         "`botnet50` training step (fwd+bwd) ÷ torchvision `resnet50`, 256 px",
         "≥ 0.9×",
-        throughput("throughput-cpu-fp32.csv", 8, "fwd+bwd x R50"),
+        target_runs(f"vs {BASELINE}"),
         [
             ("batch 16", throughput("throughput-cuda-bf16.csv", 16, "fwd+bwd x R50")),
             ("batch 64", throughput("throughput-cuda-bf16-b64.csv", 64, "fwd+bwd x R50")),
@@ -67,7 +80,7 @@ ROWS: list[tuple[str, str, Cell | None, list[tuple[str, Cell]]]] = [
     (
         "`botnet50` training step ÷ timm `botnet50ts_256`, 256 px",
         "≥ 1.5×",
-        throughput("throughput-cpu-fp32.csv", 8, f"vs {TIMM50}"),
+        target_runs(f"vs {TIMM50}"),
         [
             ("batch 16", throughput("throughput-cuda-bf16.csv", 16, f"vs {TIMM50}")),
             ("batch 64", throughput("throughput-cuda-bf16-b64.csv", 64, f"vs {TIMM50}")),
@@ -76,7 +89,7 @@ ROWS: list[tuple[str, str, Cell | None, list[tuple[str, Cell]]]] = [
     (
         "MHSA layer peak memory at 64×64 tokens, fused ÷ explicit (fwd+bwd)",
         "≤ 0.25×",
-        fused_memory("attention_memory-cpu-fp32.csv"),
+        [("", fused_memory("attention_memory-cpu-fp32.csv"))],
         [
             ("bf16", fused_memory("attention_memory-cuda-bf16.csv")),
             ("fp32", fused_memory("attention_memory-cuda-fp32.csv")),
@@ -85,7 +98,7 @@ ROWS: list[tuple[str, str, Cell | None, list[tuple[str, Cell]]]] = [
     (
         "MHSA layer time at 64×64 tokens, fused ÷ explicit (fwd+bwd)",
         "",
-        Cell("attention_memory-cpu-fp32.csv", dict(layer="botnet:fused", N="4096"), "time_vs_explicit"),
+        [("", Cell("attention_memory-cpu-fp32.csv", dict(layer="botnet:fused", N="4096"), "time_vs_explicit"))],
         [
             ("bf16", Cell("attention_memory-cuda-bf16.csv", dict(layer="botnet:fused", N="4096"), "time_vs_explicit")),
             ("fp32", Cell("attention_memory-cuda-fp32.csv", dict(layer="botnet:fused", N="4096"), "time_vs_explicit")),
@@ -94,18 +107,19 @@ ROWS: list[tuple[str, str, Cell | None, list[tuple[str, Cell]]]] = [
     (
         "`botnet50` training-step peak memory ÷ `resnet50`, 1024 px, batch 1",
         "",
-        Cell("model_memory-cpu-fp32.csv", dict(model=BOTNET50, size="1024"), "fwd+bwd x R50"),
+        [("", Cell("model_memory-cpu-fp32.csv", dict(model=BOTNET50, size="1024"), "fwd+bwd x R50"))],
         [("fp32", Cell("model_memory-cuda-fp32.csv", dict(model=BOTNET50, size="1024"), "fwd+bwd x R50"))],
     ),
     (
         "`botnet50` forward FLOPs ÷ `resnet50`, 1024 px (paper: ~1.2×)",
         "",
-        Cell("flops.csv", dict(model=BOTNET50, size="1024"), "x_r50"),
+        [("", Cell("flops.csv", dict(model=BOTNET50, size="1024"), "x_r50"))],
         [],
     ),
 ]
 FILES = [
     ("throughput-cpu-fp32.md", "throughput, CPU, 256 px, batch 8, every model"),
+    ("throughput-cpu-fp32-targets.md", "the same for the three models of the targets, more rounds"),
     ("throughput-cuda-bf16.md", "throughput, H200 bf16, 256 and 1024 px, batch 16"),
     ("throughput-cuda-fp32.md", "throughput, H200 fp32"),
     ("throughput-cuda-bf16-b64.md", "throughput, H200 bf16, batch 64"),
@@ -133,15 +147,23 @@ def machine(results: Path, file: str) -> str:
     return f"{row['cpu']}, {threads}, torch {row['torch']}, {row['dtype']}"
 
 
+def cells(figures: list[tuple[str, Cell]], results: Path) -> str:
+    """``value (label, rounds a–b); ...``; a figure without label or spread stands alone."""
+    texts = []
+    for label, cell in figures:
+        value, spread = cell.render(results)
+        notes = [label] + ([f"per round {spread}"] if spread else [])
+        texts.append(f"{value} ({', '.join(n for n in notes if n)})" if any(notes) else value)
+    return "; ".join(texts) or "—"
+
+
 def block(results: Path) -> str:
     lines = [
         f"| figure | target | CPU: {machine(results, CPU_FILE)} | GPU: {machine(results, GPU_FILE)} |",
         "|---|---|---|---|",
     ]
     for what, target, cpu, gpu in ROWS:
-        cpu_text = cpu.render(results) if cpu else "—"
-        gpu_text = "; ".join(f"{fig.render(results)} ({label})" for label, fig in gpu) or "—"
-        lines.append(f"| {what} | {target or '—'} | {cpu_text} | {gpu_text} |")
+        lines.append(f"| {what} | {target or '—'} | {cells(cpu, results)} | {cells(gpu, results)} |")
     lines += ["", "Full tables, CSV and plots in `benchmarks/results/`:", ""]
     lines += [f"- [`{name}`](benchmarks/results/{name}): {text}" for name, text in FILES if (results / name).exists()]
     return "\n".join(lines)
