@@ -126,5 +126,6 @@ def from_pretrained(directory: str | os.PathLike, **overrides: Any) -> ResNet:
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found next to {CONFIG_NAME}")
     load_weights(model, weights, config["architecture"])
-    model.pretrained_cfg.update(config.get("pretrained_cfg", {}))  # e.g. the crop_pct / mean / std it was trained with
+    saved = config.get("pretrained_cfg", {})  # e.g. the crop_pct / mean / std it was trained with
+    model.pretrained_cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     return model
