@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import re
 from pathlib import Path
 
 from botnet.summary import markdown_table
 
 BEGIN, END = "<!-- model-table:begin -->", "<!-- model-table:end -->"
+THROUGHPUT = Path(__file__).parent.parent / "benchmarks" / "results" / "throughput-cpu-fp32.csv"
+
+
+def measured_speed(path: Path) -> dict[str, tuple[float, float]]:
+    """``botnet:NAME`` rows of a throughput CSV: name -> (fwd+bwd img/s, ratio to torchvision resnet50)."""
+    if not path.is_file():
+        return {}
+    with path.open() as f:
+        return {
+            row["model"].removeprefix("botnet:"): (float(row["fwd+bwd img/s"]), float(row["fwd+bwd x R50"]))
+            for row in csv.DictReader(f)
+            if row["model"].startswith("botnet:") and row["model"].count(":") == 1
+        }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--readme", type=Path, help="rewrite this file's table in place (else print)")
     args = parser.parse_args()
-    table = markdown_table()
+    table = markdown_table(speed=measured_speed(THROUGHPUT))
     if args.readme is None:
         print(table)
         return

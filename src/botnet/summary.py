@@ -51,14 +51,22 @@ def summarize(name: str) -> ModelSummary:
     )
 
 
-def markdown_table(pattern: str = "*") -> str:
-    """The README's model table for the models matching ``pattern``."""
+def markdown_table(pattern: str = "*", speed: dict[str, tuple[float, float]] | None = None) -> str:
+    """The README's model table for the models matching ``pattern``.
+
+    ``speed`` maps a model name to its measured training throughput ``(img/s, ratio to torchvision resnet50)``
+    (from ``benchmarks/throughput.py``); models without a figure show a dash.
+    """
+    speed = speed or {}
     rows = [
-        "| model | input | params (M) | paper params (M) | GFLOPs |",
-        "|---|---|---|---|---|",
+        "| model | input | params (M) | paper params (M) | GFLOPs | CPU train img/s (÷ tv R50) |",
+        "|---|---|---|---|---|---|",
     ]
     for name in list_models(pattern):
         s = summarize(name)
         paper = f"{s.paper_params_m:.1f}" if s.paper_params_m else "—"
-        rows.append(f"| `{name}` | {s.input_size[0]}×{s.input_size[1]} | {s.params_m:.2f} | {paper} | {s.gflops:.2f} |")
+        rate = f"{speed[name][0]:.2f} ({speed[name][1]:.2f}×)" if name in speed else "—"
+        rows.append(
+            f"| `{name}` | {s.input_size[0]}×{s.input_size[1]} | {s.params_m:.2f} | {paper} | {s.gflops:.2f} | {rate} |"
+        )
     return "\n".join(rows)
