@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check src tests benchmarks scripts
 
 table: $(STAMP)
-	$(PY) scripts/model_table.py --readme README.md
+	$(PY) benchmarks/model_table.py --readme README.md
 
 # CPU-sized sweeps (minutes); results in benchmarks/results/. On a GPU: make bench BENCH_ARGS="--device cuda".
 BENCH_ARGS ?= --quick

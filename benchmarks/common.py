@@ -12,6 +12,7 @@ import csv
 import datetime
 import math
 import platform
+import re
 import statistics
 import sys
 import time
@@ -259,3 +260,12 @@ def save_figure(fig: Figure, stem: Path) -> None:
     fig.tight_layout()
     fig.savefig(stem.with_suffix(".png"), dpi=120)
     print(f"wrote {stem}.md, .csv and .png")
+
+
+def rewrite_readme_block(readme: Path, begin: str, end: str, text: str) -> None:
+    """Replace what stands between the ``begin`` and ``end`` marker lines of ``readme`` with ``text``."""
+    content = readme.read_text()
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(content):
+        raise SystemExit(f"{readme} has no {begin} ... {end} block")
+    readme.write_text(pattern.sub(lambda _: f"{begin}\n{text}\n{end}", content))

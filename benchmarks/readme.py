@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import RESULTS_DIR
+from common import RESULTS_DIR, rewrite_readme_block
 from peers import BASELINE
 
 BEGIN, END = "<!-- performance:begin -->", "<!-- performance:end -->"
@@ -178,11 +177,7 @@ def main() -> None:
     if args.readme is None:
         print(text)
         return
-    readme = args.readme.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(readme):
-        raise SystemExit(f"{args.readme} has no {BEGIN} ... {END} block")
-    args.readme.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", readme))
+    rewrite_readme_block(args.readme, BEGIN, END, text)
     print(f"wrote the performance block to {args.readme}")
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 from pathlib import Path
 
 from botnet.summary import markdown_table
+from common import RESULTS_DIR, rewrite_readme_block
 
 BEGIN, END = "<!-- model-table:begin -->", "<!-- model-table:end -->"
-THROUGHPUT = Path(__file__).parent.parent / "benchmarks" / "results" / "throughput-cpu-fp32.csv"
+THROUGHPUT = RESULTS_DIR / "throughput-cpu-fp32.csv"
 
 
 def measured_speed(path: Path) -> dict[str, tuple[float, float]]:
@@ -33,11 +33,7 @@ def main() -> None:
     if args.readme is None:
         print(table)
         return
-    text = args.readme.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{args.readme} has no {BEGIN} ... {END} block")
-    args.readme.write_text(pattern.sub(lambda _: f"{BEGIN}\n{table}\n{END}", text))
+    rewrite_readme_block(args.readme, BEGIN, END, table)
     print(f"wrote the model table to {args.readme}")
 
 
