@@ -266,3 +266,15 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_from_pretrained_at_another_resolution_resamples_tables(tmp_path) -> None:  # noqa: ANN001
+    small = botnet.create_model("botnet26", num_classes=3, channels=(8, 16, 32, 64), stem_width=8, img_size=64)
+    botnet.save_pretrained(small, tmp_path)
+    big = botnet.from_pretrained(tmp_path, img_size=256).eval()  # c5 tables for 8x8 maps instead of 2x2
+    rel_w = big.layer4[1].conv2.pos_embed.rel_w
+    assert rel_w.shape == (2 * 8 - 1, small.layer4[1].conv2.dim_head)
+    src = small.layer4[1].conv2.pos_embed.rel_w
+    torch.testing.assert_close(rel_w[0], src[0])  # ends kept: the largest offsets stay the largest
+    torch.testing.assert_close(rel_w[7], src[1])  # offset 0 stays central
+    assert big(torch.randn(1, 3, 256, 256)).shape == (1, 3)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from botnet.layers import fit_position_tables
 from botnet.models import ResNet, create_model
 
 WEIGHTS_NAME = "model.safetensors"
@@ -89,8 +90,11 @@ def load_config(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike, architecture: str = "") -> None:
-    """Load a safetensors file into ``model`` strictly; a mismatch names missing / unexpected / misshapen keys."""
-    state = load_file(str(path))
+    """Load a safetensors file into ``model`` strictly; a mismatch names missing / unexpected / misshapen keys.
+
+    Position tables learned for another resolution are resampled to the model's (:func:`fit_position_tables`).
+    """
+    state = fit_position_tables(load_file(str(path)), model)  # tables learned at another resolution
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
+from botnet.layers import fit_position_tables
 from botnet.models import ResNet, create_model
 
 # Order in which ``trainable_layers`` unfreezes the network, from the top (torchvision's convention).
@@ -55,30 +55,6 @@ def freeze_layers(model: nn.Module, trainable_layers: int) -> None:
     for name, param in model.named_parameters():
         if not any(name == p or name.startswith(p + ".") for p in prefixes):
             param.requires_grad_(False)
-
-
-def fit_position_tables(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Resample the position tables in ``state`` to the shapes of ``model``'s, as ``MHSA2d`` does at run time.
-
-    Relative tables ``rel_h`` / ``rel_w (2L - 1, d)`` are resampled linearly along the offsets, absolute ones
-    ``pos (H, W, d)`` bilinearly, both with ``align_corners=True`` (offset 0 stays central). So ImageNet weights
-    learned at 224 (7x7 and 14x14 c5 maps) start a detector whose tables are sized for 1024 (32x32, 64x64), and at
-    any map size the model computes what it would with the original tables. Other entries are returned as they are.
-    """
-    own = model.state_dict()
-    fitted = dict(state)
-    for key, table in state.items():
-        target = own.get(key)
-        if target is None or target.shape == table.shape:
-            continue
-        if key.endswith((".pos_embed.rel_h", ".pos_embed.rel_w")):
-            resized = F.interpolate(table.t()[None], size=target.shape[0], mode="linear", align_corners=True)
-            fitted[key] = resized[0].t()
-        elif key.endswith(".pos_embed.pos"):
-            grid = table.permute(2, 0, 1)[None]
-            resized = F.interpolate(grid, size=tuple(target.shape[:2]), mode="bilinear", align_corners=True)
-            fitted[key] = resized[0].permute(1, 2, 0)
-    return fitted
 
 
 def load_backbone_weights(model: ResNet, path: str | Path) -> None:

@@ -2,7 +2,7 @@
 
 from botnet.layers.attention import POS_EMBEDS, MHSA2d
 from botnet.layers.capture import attention_layers, capture_attention
-from botnet.layers.position import AbsPosEmb2d, RelPosEmb2d, rel_to_abs
+from botnet.layers.position import AbsPosEmb2d, RelPosEmb2d, fit_position_tables, rel_to_abs
 from botnet.layers.squeeze_excite import SqueezeExcite
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "SqueezeExcite",
     "attention_layers",
     "capture_attention",
+    "fit_position_tables",
     "rel_to_abs",
 ]

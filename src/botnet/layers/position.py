@@ -50,6 +50,33 @@ def _resize_1d(table: torch.Tensor, length: int) -> torch.Tensor:
     return resized.squeeze(0).t()
 
 
+def _resize_2d(table: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinearly resample a ``(H0, W0, d)`` table to ``(height, width, d)``, keeping the corners."""
+    grid = table.permute(2, 0, 1).unsqueeze(0)
+    return F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=True)[0].permute(1, 2, 0)
+
+
+def fit_position_tables(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Resample the position tables in ``state`` to the shapes of ``model``'s, as the layers do at run time.
+
+    Relative tables ``rel_h`` / ``rel_w (2L - 1, d)`` are resampled linearly along the offsets, absolute ones
+    ``pos (H, W, d)`` bilinearly, both keeping the ends (offset 0 stays central). So weights learned at 224 (7x7
+    and 14x14 c5 maps) load into a model whose tables are sized for 1024 (32x32, 64x64). Other entries, and
+    tables of a model that are not created yet (``feat_size=None``), are returned as they are.
+    """
+    own = model.state_dict()
+    fitted = dict(state)
+    for key, table in state.items():
+        target = own.get(key)
+        if target is None or isinstance(target, UninitializedParameter) or target.shape == table.shape:
+            continue
+        if key.endswith((".rel_h", ".rel_w")) or key in ("rel_h", "rel_w"):
+            fitted[key] = _resize_1d(table, target.shape[0])
+        elif key.endswith(".pos_embed.pos") or key == "pos":
+            fitted[key] = _resize_2d(table, target.shape[0], target.shape[1])
+    return fitted
+
+
 class _LazyTables(nn.Module):
     """Base for embeddings whose tables may be created on the first call (``feat_size=None``)."""
 
@@ -175,8 +202,7 @@ class AbsPosEmb2d(_LazyTables):
     def forward(self, height: int, width: int) -> torch.Tensor:
         """The key embedding for a ``height x width`` map, ``(N, d)``, bilinearly resampled if needed."""
         self.materialize(height, width)
-        grid = self.pos.permute(2, 0, 1).unsqueeze(0)  # exact at the reference size; no branch, as _resize_1d
-        pos = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=True)[0].permute(1, 2, 0)
+        pos = _resize_2d(self.pos, height, width)  # exact at the reference size; no branch, as _resize_1d
         return pos.reshape(height * width, self.dim_head)
 
 
