@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -255,9 +256,23 @@ def test_save_and_load_pretrained_round_trip(tmp_path) -> None:  # noqa: ANN001
     assert loaded.pretrained_cfg["crop_pct"] == 1.0
     assert botnet.load_config(tmp_path)["extra"]["class_names"] == ["a", "b", "c", "d"]
     with pytest.raises(ValueError, match=r"does not match the model \(the file was trained for botnet26\)"):
-        botnet.hub.load_weights(
-            botnet.create_model("botnet26", num_classes=4), tmp_path / "model.safetensors", "botnet26"
+        botnet.checkpoint.load_weights(
+            botnet.create_model("botnet26", num_classes=4), tmp_path / "model.safetensors", trained_for="botnet26"
         )
+
+
+def test_from_pretrained_loads_folders_written_before_model_args(tmp_path) -> None:  # noqa: ANN001
+    """Run folders of earlier versions name a registry row and its ``create_model`` overrides, no ``model_args``."""
+    model = botnet.create_model("botnet26", num_classes=3, in_chans=1, channels=(8, 16, 32, 64), stem_width=8).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["model_args"]
+    config["overrides"] = {"channels": [8, 16, 32, 64], "stem_width": 8}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = botnet.from_pretrained(tmp_path).eval()
+    x = torch.randn(1, 1, 64, 64)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert loaded.model_name == "botnet26" and loaded.pretrained_cfg["input_size"] == (1, 224, 224)
 
 
 def _umask() -> int:

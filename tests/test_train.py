@@ -102,7 +102,7 @@ def test_train_writes_the_run_and_the_loss_falls(run: Path) -> None:
     assert not list(run.glob(".*.tmp")), "a temporary file of an atomic write was left behind"
     config = json.loads((run / "config.json").read_text())
     assert config["extra"]["class_names"] == sorted(CLASSES)
-    assert config["in_chans"] == 3 and config["overrides"]["img_size"] == 32
+    assert config["in_chans"] == 3 and config["model_args"]["img_size"] == 32
     losses = _step_losses(run)
     assert len(losses) == 9  # 37 files (the corrupt one replaced by a neighbour), full batches of 4
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
@@ -291,7 +291,7 @@ def test_mismatched_checkpoint_is_named(run: Path, tmp_path: Path, capsys: pytes
     wrong.mkdir()
     (wrong / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes())
     config = json.loads((run / "config.json").read_text())
-    config["overrides"]["channels"] = [8, 16, 32, 128]
+    config["model_args"]["channels"] = [8, 16, 32, 128]
     (wrong / "config.json").write_text(json.dumps(config))
     assert eval_main(["--checkpoint", str(wrong), "--accelerator", "cpu"]) == 1
     err = capsys.readouterr().err

@@ -4,20 +4,19 @@ timm's ``ByobNet`` names its modules ``stem.conv1..3``, ``stages.{s}.{b}`` with 
 (or ``self_attn`` + ``post_attn``) / ``conv3_1x1`` / ``shortcut`` and ``head.fc``; the ``timm_*`` rows of the
 model table are the same networks with torchvision names. Every tensor keeps its shape: only keys change.
 The architecture (and a non-default ``img_size``, read from the position tables) is recognised from the state
-dict; one that matches no row raises ``ValueError`` naming the closest row and the keys that differ.
+dict; one that matches no row raises ``CheckpointError`` naming the closest row and the keys that differ.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from botnet.checkpoint import CheckpointError, LoadResult, compare_state
 from botnet.layers import MHSA2d
 from botnet.models import ResNet, create_model, list_models
 
@@ -68,28 +67,22 @@ def timm_to_botnet_key(key: str) -> str:
 
 @dataclass
 class _Match:
-    """How well a renamed state dict fits one model row: the keys that differ (botnet names)."""
+    """How well a renamed state dict fits one model row (keys in botnet names)."""
 
     name: str
     kwargs: dict[str, object]
-    matched: int
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    misshapen: list[str] = field(default_factory=list)
-
-    @property
-    def exact(self) -> bool:
-        return not (self.missing or self.unexpected or self.misshapen)
+    fit: LoadResult
 
     @property
     def score(self) -> float:
         """Fitting tensors over all tensors of either side: 1.0 for an exact match."""
-        return self.matched / (self.matched + len(self.missing) + len(self.misshapen) + len(self.unexpected))
+        fit = self.fit
+        return len(fit.loaded) / (len(fit.loaded) + len(fit.missing) + len(fit.misshapen) + len(fit.unexpected))
 
 
 def _img_size(model: ResNet, state: Mapping[str, torch.Tensor]) -> tuple[int, int] | None:
     """The input size whose position tables have the checkpoint's shapes, from the model's first MHSA layer."""
-    default = model.img_size if isinstance(model.img_size, tuple) else (model.img_size, model.img_size)
+    default = model.img_size
     for name, layer in model.named_modules():
         key = f"{name}.pos_embed.rel_h"
         if isinstance(layer, MHSA2d) and key in state and f"{name}.pos_embed.rel_w" in state:
@@ -111,28 +104,7 @@ def _match(name: str, state: Mapping[str, torch.Tensor]) -> _Match:
         if img_size is not None and img_size != tuple(model.pretrained_cfg["input_size"][1:]):
             kwargs["img_size"] = img_size
             model = create_model(name, **kwargs)
-    own = model.state_dict()
-    common = sorted(set(own) & set(state))
-    misshapen = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in common
-        if state[k].shape != own[k].shape
-    ]
-    return _Match(
-        name,
-        kwargs,
-        matched=len(common) - len(misshapen),
-        missing=sorted(set(own) - set(state)),
-        unexpected=sorted(set(state) - set(own)),
-        misshapen=misshapen,
-    )
-
-
-def _modules(keys: list[str]) -> str:
-    """Keys grouped by module (``layer3.1.conv2.qkv.weight`` -> ``layer3.1.conv2.qkv``), for short messages."""
-    modules = list(dict.fromkeys(key.rpartition(".")[0] or key for key in keys))
-    shown = ", ".join(modules[:8]) + (", ..." if len(modules) > 8 else "")
-    return f"{shown} ({len(modules)} modules, {len(keys)} tensors)"
+    return _Match(name, kwargs, compare_state(model.state_dict(), state))
 
 
 def from_timm(state_dict_or_model: Mapping[str, torch.Tensor] | nn.Module) -> ResNet:
@@ -154,39 +126,12 @@ def from_timm(state_dict_or_model: Mapping[str, torch.Tensor] | nn.Module) -> Re
     state = {timm_to_botnet_key(k): v for k, v in source.items()}
     matches = [_match(name, state) for name in list_models("timm_*")]
     best = max(matches, key=lambda m: m.score)
-    if not best.exact:
-        lines = [
+    if not best.fit.complete:
+        raise CheckpointError(
             f"the state dict ({len(state)} tensors) matches none of the timm-compatible models "
-            f"({', '.join(m.name for m in matches)}); closest: {best.name} "
-            f"({best.matched} of its {best.matched + len(best.missing) + len(best.misshapen)} tensors fit; "
-            "keys after renaming timm's):"
-        ]
-        for label, keys in (("missing", best.missing), ("unexpected", best.unexpected)):
-            if keys:
-                lines.append(f"  {label}: {_modules(keys)}")
-        if best.misshapen:
-            more = f", ... ({len(best.misshapen)} in all)" if len(best.misshapen) > 3 else ""
-            lines.append(f"  shape mismatch: {', '.join(best.misshapen[:3])}{more}")
-        raise ValueError("\n".join(lines))
+            f"({', '.join(m.name for m in matches)}); closest: {best.name}, keys after renaming timm's: "
+            f"{best.fit.summary()}"
+        )
     model = create_model(best.name, **best.kwargs)
     model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` file, or of a ``.pth`` / ``.pt`` read with ``torch.load(weights_only=True)``.
-
-    A checkpoint that wraps its weights in ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped.
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} holds no state dict (a mapping of names to tensors)")
-    return state

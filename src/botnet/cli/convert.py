@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from botnet.convert import from_timm, load_state_dict_file
-from botnet.hub import save_pretrained
+from botnet.checkpoint import read_weights
+from botnet.convert import from_timm
 
 
 def main(argv: list[str]) -> int:
@@ -20,11 +20,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, metavar="DIR", help="writes model.safetensors + config.json here")
     args = parser.parse_args(argv)
     try:
-        model = from_timm(load_state_dict_file(args.from_timm))
+        model = from_timm(read_weights(args.from_timm))
     except (OSError, ValueError, RuntimeError) as err:
         print(f"botnet convert: {err}", file=sys.stderr)
         return 1
-    save_pretrained(model, args.out, extra={"converted_from": f"timm:{args.from_timm}"})
+    model.save_pretrained(args.out, extra={"converted_from": f"timm:{args.from_timm}"})
     print(
         f"{args.from_timm} -> {args.out}: {model.model_name} {model.pretrained_cfg['input_size']}, "
         f"{model.num_classes} classes"

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from botnet.export import EXPORTERS, example_input, export_onnx, export_torchscript, onnx_max_error
-from botnet.hub import from_pretrained
+from botnet.models import ResNet
 
 
 def main(argv: list[str]) -> int:
@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="example input size")
     args = parser.parse_args(argv)
     try:
-        model = from_pretrained(args.checkpoint)
+        model = ResNet.from_pretrained(args.checkpoint)
     except (OSError, ValueError) as err:
         print(f"botnet export: {err}", file=sys.stderr)
         return 1

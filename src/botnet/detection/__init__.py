@@ -3,7 +3,7 @@
 The Lightning training and evaluation wrappers live in :mod:`botnet.detection.engine` (imported on demand).
 """
 
-from botnet.detection.backbone import botnet_fpn_backbone, fit_position_tables, freeze_batchnorm, freeze_layers
+from botnet.detection.backbone import botnet_fpn_backbone, freeze_batchnorm, freeze_layers
 from botnet.detection.builders import create_detector, list_detectors
 from botnet.detection.data import AnnotationError, CocoDetection, coco_split, collate, detection_transforms
 from botnet.detection.draw import draw_detections
@@ -20,7 +20,6 @@ __all__ = [
     "create_detector",
     "detection_transforms",
     "draw_detections",
-    "fit_position_tables",
     "freeze_batchnorm",
     "freeze_layers",
     "list_detectors",

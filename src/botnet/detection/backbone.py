@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
-from botnet.layers import fit_position_tables
+from botnet.checkpoint import LoadResult, load_weights
 from botnet.models import ResNet, create_model
 
 # Order in which ``trainable_layers`` unfreezes the network, from the top (torchvision's convention).
@@ -57,29 +56,12 @@ def freeze_layers(model: nn.Module, trainable_layers: int) -> None:
             param.requires_grad_(False)
 
 
-def load_backbone_weights(model: ResNet, path: str | Path) -> None:
-    """Load a classifier state_dict (``torch.save`` file or ``.safetensors``) into ``model``, ignoring ``fc``.
-
-    Position tables are resampled to the model's (:func:`fit_position_tables`); every other key and shape must
-    match (torchvision ResNet weights fit the ``resnet*`` rows).
+def load_backbone_weights(model: ResNet, path: str | Path) -> LoadResult:
+    """Load a classifier's weights (any file :func:`botnet.checkpoint.read_weights` reads, or a pretrained
+    folder) into ``model``, leaving out ``fc``; position tables are resampled to the model's. Every other key and
+    shape must match (torchvision ResNet weights fit the ``resnet*`` rows); :class:`CheckpointError` otherwise.
     """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    state = fit_position_tables({k: v for k, v in state.items() if not k.startswith("fc.")}, model)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise ValueError(f"{path}: weights do not fit the backbone: {err}") from None
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: weights do not fit the backbone (missing {missing[:5]}, unexpected {unexpected[:5]}); "
-            "expected a state_dict of the same botnet/torchvision architecture"
-        )
+    return load_weights(model, path, exclude=("fc.",))
 
 
 def botnet_fpn_backbone(

@@ -1,4 +1,7 @@
-"""Model registry: each architecture is a :class:`ModelCfg` row; ``create_model`` builds one by name."""
+"""Model registry: each architecture is a :class:`ModelCfg` row, resolved to ``ResNet`` arguments by name.
+
+Pure data: this module imports no model code (:func:`botnet.models.create_model` builds the rows).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,8 @@ import fnmatch
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from botnet.models.resnet import ResNet
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-STAGE_NAMES = ("c2", "c3", "c4", "c5")
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,7 @@ class ModelCfg:
         """timm-style metadata dict (``default_cfg``)."""
         cfg = asdict(self)
         cfg.pop("arch")
-        cfg.update(first_conv=first_conv(self.arch), classifier="fc", fixed_input_size=False)
         return cfg
-
-
-def first_conv(arch: dict[str, Any]) -> str:
-    """Name of the first conv (timm's ``first_conv``): the tiered stem's is ``conv1.0``."""
-    return "conv1.0" if arch.get("stem") == "tiered" else "conv1"
 
 
 _REGISTRY: dict[str, ModelCfg] = {}
@@ -74,71 +68,19 @@ def get_model_cfg(name: str) -> ModelCfg:
         raise ValueError(f"unknown model {name!r}{hint} (botnet.list_models() lists all)") from None
 
 
-def parse_attention(value: Any, num_stages: int = 4) -> tuple[bool | int, ...]:
-    """Normalise the ``attention`` override.
+def resolve_model_args(name: str, num_classes: int | None = None, in_chans: int = 3, **overrides: Any) -> dict:
+    """The :class:`~botnet.models.resnet.ResNet` keyword arguments of row ``name`` with ``overrides`` applied.
 
-    Accepts a per-stage sequence of bools / ints (ints: the last k blocks) / sequences of block indices, or a
-    string of stage names: ``"c5"``, ``"c4,c5"``, ``"none"``.
-    """
-    if isinstance(value, str):
-        names = [n.strip().lower() for n in value.replace("+", ",").split(",") if n.strip()]
-        if names in ([], ["none"]):
-            return (False,) * num_stages
-        unknown = [n for n in names if n not in STAGE_NAMES]
-        if unknown:
-            raise ValueError(f"unknown stage {unknown[0]!r} in attention={value!r}; use names from {STAGE_NAMES}")
-        return tuple(name in names for name in STAGE_NAMES)
-    value = tuple(value)
-    if len(value) != num_stages or not all(_is_stage_entry(v) for v in value):
-        raise ValueError(
-            f"attention={value!r} needs {num_stages} per-stage entries (bool, int = last k blocks, or a list of "
-            'block indices), or stage names such as "c5" or "c4,c5"'
-        )
-    return tuple(v if isinstance(v, int) else tuple(v) for v in value)
-
-
-def _is_stage_entry(value: Any) -> bool:
-    """bool, int, or a list / tuple of block indices (JSON turns tuples into lists)."""
-    return isinstance(value, int) or (isinstance(value, (list, tuple)) and all(isinstance(i, int) for i in value))
-
-
-def create_model(name: str, num_classes: int | None = None, in_chans: int = 3, **overrides: Any) -> ResNet:
-    """Build a registered model.
-
-    Args:
-        name: a name from :func:`list_models`.
-        num_classes: classifier outputs (default: the row's, 1000).
-        in_chans: input channels.
-        **overrides: any :class:`~botnet.models.resnet.ResNet` argument, e.g. ``attention="c4,c5"``,
-            ``num_heads=8``, ``pos_embed="absolute"``, ``img_size=320``, ``features_only=True``,
-            ``out_indices=(1, 2, 3, 4)``, ``drop_path_rate=0.1``.
+    The row's ``arch``, its input size as ``img_size``, ``num_classes`` (default: the row's), ``in_chans``,
+    ``model_name`` and the row's metadata as ``pretrained_cfg``; any ``overrides`` win.
     """
     cfg = get_model_cfg(name)
     kwargs: dict[str, Any] = dict(cfg.arch, img_size=cfg.input_size[1:])
     kwargs.update(overrides)
-    if "attention" in kwargs:
-        kwargs["attention"] = parse_attention(kwargs["attention"], len(kwargs.get("layers", STAGE_NAMES)))
-    kwargs["num_classes"] = cfg.num_classes if num_classes is None else num_classes
-    try:
-        model = ResNet(in_chans=in_chans, **kwargs)
-    except TypeError as err:
-        raise ValueError(f"{name}: bad override ({err})") from None
-    except ValueError as err:
-        raise ValueError(f"{name}: {err}") from None
-    img_size = kwargs["img_size"]
-    img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    pretrained = cfg.pretrained_cfg()
-    pretrained.update(
-        input_size=(in_chans, *img_size),
-        num_classes=model.num_classes,
-        architecture=name,
-        first_conv=first_conv(kwargs),
+    kwargs.update(
+        num_classes=cfg.num_classes if num_classes is None else num_classes,
+        in_chans=in_chans,
+        model_name=name,
+        pretrained_cfg=cfg.pretrained_cfg(),
     )
-    if in_chans != len(cfg.mean):
-        mean, std = sum(cfg.mean) / len(cfg.mean), sum(cfg.std) / len(cfg.std)
-        pretrained.update(mean=(mean,) * in_chans, std=(std,) * in_chans)  # grey: the channels' average
-    model.pretrained_cfg = pretrained
-    model.default_cfg = pretrained
-    model.model_name = name
-    model.model_kwargs = {k: v for k, v in overrides.items()}
-    return model
+    return kwargs

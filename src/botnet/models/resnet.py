@@ -17,12 +17,17 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
+from botnet import checkpoint
 from botnet.layers import MHSA2d, SqueezeExcite, capture_attention
 from botnet.layers.position import feat_size_for
+from botnet.models.registry import IMAGENET_MEAN, IMAGENET_STD, resolve_model_args
 
 ACT_LAYERS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU}
 STEMS = ("conv7", "tiered")
+STAGE_NAMES = ("c2", "c3", "c4", "c5")
 EXPANSION = 4
+# The pretrained_cfg of a ResNet built without a registry row (timm's defaults for ImageNet models).
+DEFAULT_CFG: dict[str, Any] = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=0.875, interpolation="bicubic")
 
 
 def _stem_conv(stem: str, in_chans: int, out_chs: int, act_layer: type[nn.Module]) -> nn.Module:
@@ -115,14 +120,32 @@ class FeatureInfo(list):
         return [info["module"] for info in self]
 
 
-def _attention_blocks(attention: Sequence[bool | int | Sequence[int]], layers: Sequence[int]) -> list[set[int]]:
-    """Per stage, the indices of the blocks that use MHSA.
+AttentionSpec = str | Sequence[bool | int | Sequence[int]]
 
-    An entry is ``True`` (all blocks), ``False`` (none), ``k`` (the last ``k``) or a sequence of block indices,
-    e.g. ``(1, 3, 5)`` for timm's interleaved layouts.
+
+def attention_blocks(attention: AttentionSpec, layers: Sequence[int]) -> list[set[int]]:
+    """Per stage, the indices of the blocks that use MHSA: the one parser of the ``attention`` argument.
+
+    ``attention`` is a string of stage names (``"c5"``, ``"c4,c5"``, ``"c4+c5"``, ``"none"``; all blocks of each
+    named stage) or one entry per stage: ``True`` (all blocks), ``False`` (none), ``k`` (the last ``k``) or a
+    sequence of block indices, e.g. ``(1, 3, 5)`` for timm's interleaved layouts (lists, as JSON gives them,
+    work too).
     """
+    if isinstance(attention, str):
+        names = [n.strip().lower() for n in attention.replace("+", ",").split(",") if n.strip()]
+        if names in ([], ["none"]):
+            names = []
+        unknown = [n for n in names if n not in STAGE_NAMES[: len(layers)]]
+        if unknown:
+            raise ValueError(
+                f"unknown stage {unknown[0]!r} in attention={attention!r}; use names from {STAGE_NAMES[: len(layers)]}"
+            )
+        attention = [name in names for name in STAGE_NAMES[: len(layers)]]
     if len(attention) != len(layers):
-        raise ValueError(f"attention needs one entry per stage ({len(layers)}), got {tuple(attention)}")
+        raise ValueError(
+            f"attention={attention!r} needs {len(layers)} per-stage entries (bool, int = last k blocks, or a list "
+            'of block indices), or stage names such as "c5" or "c4,c5"'
+        )
     blocks = []
     for flag, depth in zip(attention, layers, strict=True):
         if isinstance(flag, bool):
@@ -131,11 +154,12 @@ def _attention_blocks(attention: Sequence[bool | int | Sequence[int]], layers: S
             if not 0 <= flag <= depth:
                 raise ValueError(f"attention entry {flag!r} asks for more MHSA blocks than the stage's {depth}")
             blocks.append(set(range(depth - flag, depth)))
-        else:
-            indices = {int(i) for i in flag}
-            if not all(0 <= i < depth for i in indices):
+        elif isinstance(flag, (list, tuple)) and all(isinstance(i, int) for i in flag):
+            if not all(0 <= i < depth for i in flag):
                 raise ValueError(f"attention entry {tuple(flag)!r} names blocks outside the stage's 0..{depth - 1}")
-            blocks.append(indices)
+            blocks.append(set(flag))
+        else:
+            raise ValueError(f"attention entry {flag!r} is not a bool, an int or a list of block indices")
     return blocks
 
 
@@ -147,8 +171,9 @@ class ResNet(nn.Module):
 
     Args:
         layers: blocks per stage (c2-c5), e.g. ``(3, 4, 6, 3)`` for 50 layers.
-        attention: per stage ``True`` (every block MHSA), ``False``, ``k`` (the last ``k`` blocks) or a sequence
-            of block indices (``(1, 3, 5)``: every other block, as timm's ``botnet50ts``).
+        attention: which blocks use MHSA: stage names (``"c5"``, ``"c4,c5"``) or per stage ``True`` (every
+            block), ``False``, ``k`` (the last ``k`` blocks) or a sequence of block indices (``(1, 3, 5)``: every
+            other block, as timm's ``botnet50ts``); see :func:`attention_blocks`.
         num_heads: MHSA heads.
         dim_head: channels per head (default: the block's width / ``num_heads``).
         pos_embed: ``"relative"``, ``"absolute"`` or ``"none"``.
@@ -171,12 +196,18 @@ class ResNet(nn.Module):
         zero_init_residual: zero the last BN gamma of each block.
         features_only: return the stage maps instead of logits.
         out_indices: which maps ``features_only`` returns.
+        model_name: the registry row this model was built from (``create_model`` sets it).
+        pretrained_cfg: timm-style metadata updates (mean / std, crop fraction, ...); the input size, classes and
+            first conv are always the model's own.
+
+    The constructor arguments are kept in ``model_args`` (JSON-able): ``ResNet(**model.model_args)`` builds the
+    same network, which is how :meth:`from_pretrained` rebuilds a saved one.
     """
 
     def __init__(
         self,
         layers: Sequence[int] = (3, 4, 6, 3),
-        attention: Sequence[bool | int | Sequence[int]] = (False, False, False, False),
+        attention: AttentionSpec = (False, False, False, False),
         num_heads: int = 4,
         dim_head: int | None = None,
         pos_embed: str = "relative",
@@ -195,8 +226,15 @@ class ResNet(nn.Module):
         zero_init_residual: bool = True,
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3, 4),
+        model_name: str = "resnet",
+        pretrained_cfg: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.model_args: dict[str, Any] = checkpoint.jsonable(
+            {k: v for k, v in locals().items() if k not in ("self", "__class__", "pretrained_cfg")}
+        )
+        self.model_name = model_name
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if act_layer not in ACT_LAYERS:
             raise ValueError(f"unknown act_layer {act_layer!r}; use one of {', '.join(ACT_LAYERS)}")
         if not all(0 <= i <= 4 for i in out_indices):
@@ -216,7 +254,7 @@ class ResNet(nn.Module):
         self.act = act(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
 
-        attn_blocks = _attention_blocks(attention, layers)
+        attn_blocks = attention_blocks(attention, layers)
         # Host numbers, also when built under another default device (e.g. meta, to read shapes cheaply).
         block_rates = torch.linspace(0, drop_path_rate, sum(layers), device="cpu").tolist()
         feature_info = FeatureInfo([dict(num_chs=stem_width, reduction=2, module="act")])
@@ -258,6 +296,24 @@ class ResNet(nn.Module):
             self.avgpool = nn.AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights(zero_init_residual)
+        self.pretrained_cfg = self._pretrained_cfg(pretrained_cfg or {}, stem)
+        self.default_cfg = self.pretrained_cfg  # timm's older name
+
+    def _pretrained_cfg(self, updates: dict[str, Any], stem: str) -> dict[str, Any]:
+        """timm-style metadata: ``updates`` over the defaults; input size, classes and first conv are the model's."""
+        cfg = {**DEFAULT_CFG, **updates}
+        cfg.update(
+            architecture=self.model_name,
+            input_size=(self.in_chans, *self.img_size),
+            num_classes=self.num_classes,
+            first_conv="conv1.0" if stem == "tiered" else "conv1",
+            classifier="fc",
+            fixed_input_size=False,
+        )
+        if self.in_chans != len(cfg["mean"]):
+            mean, std = sum(cfg["mean"]) / len(cfg["mean"]), sum(cfg["std"]) / len(cfg["std"])
+            cfg.update(mean=(mean,) * self.in_chans, std=(std,) * self.in_chans)  # grey: the channels' average
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         for module in self.modules():
@@ -327,17 +383,49 @@ class ResNet(nn.Module):
         return self.fc
 
     def save_pretrained(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` into ``directory`` (:func:`botnet.hub.save_pretrained`)."""
-        from botnet.hub import save_pretrained  # lazy: botnet.hub imports this module
+        """Write ``model.safetensors`` + ``config.json`` into ``directory`` (atomically); returns the directory.
 
-        return save_pretrained(self, directory, extra)
+        ``config.json`` holds ``model_args`` (what rebuilds the network), ``pretrained_cfg`` and ``extra``
+        (free-form, e.g. ``class_names``).
+        """
+        config = {
+            "architecture": self.model_name,
+            "num_classes": self.num_classes,
+            "in_chans": self.in_chans,
+            "model_args": self.model_args,
+            "pretrained_cfg": self.pretrained_cfg,
+            "extra": extra or {},
+        }
+        return checkpoint.save_pretrained_files(directory, self.state_dict(), config)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> ResNet:
-        """Rebuild a model saved by :meth:`save_pretrained` (:func:`botnet.hub.from_pretrained`)."""
-        from botnet.hub import from_pretrained
+        """Rebuild a model saved by :meth:`save_pretrained` and load its weights (no pickle is ever loaded).
 
-        return from_pretrained(directory, **overrides)
+        ``overrides`` change construction arguments; those that change no weight shape (``drop_path_rate``,
+        ``img_size``: position tables are resampled) are safe. Folders written before ``model_args`` existed
+        (``architecture`` + ``overrides``) are rebuilt from the registry. Raises
+        :class:`~botnet.checkpoint.CheckpointError` for a missing, damaged or mismatched folder.
+        """
+        config = checkpoint.read_config(directory)
+        if "model_args" in config:
+            kwargs = dict(config["model_args"])
+        else:
+            kwargs = resolve_model_args(
+                config["architecture"], config["num_classes"], config["in_chans"], **config.get("overrides", {})
+            )
+        # the saved crop_pct / mean / std; input size and classes follow the (possibly overridden) arguments
+        kwargs.update(
+            overrides, pretrained_cfg={**kwargs.get("pretrained_cfg", {}), **config.get("pretrained_cfg", {})}
+        )
+        try:
+            model = cls(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise checkpoint.CheckpointError(f"{directory}/config.json cannot be built: {err}") from None
+        checkpoint.load_weights(
+            model, checkpoint.pretrained_weights_path(directory), trained_for=config["architecture"]
+        )
+        return model
 
     def forward(
         self, x: torch.Tensor, return_attention: bool = False

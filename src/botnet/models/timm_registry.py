@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from botnet.models.registry import create_model, list_models
+from botnet.models.factory import create_model
+from botnet.models.registry import list_models
 from botnet.models.resnet import ResNet
 
 __all__ = ["register_with_timm"]  # timm's register_model appends the entrypoint names here

@@ -23,8 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from botnet.hub import atomic_write, save_pretrained
-from botnet.models import create_model
+from botnet.checkpoint import atomic_write
 from botnet.train.plots import plot_training_curve, read_epoch_metrics
 
 LAST = "last.ckpt"
@@ -121,14 +120,11 @@ class ExportPretrained(pl.Callback):
         if not trainer.is_global_zero:
             return
         trained = pl_module.model
-        model = create_model(
-            trained.model_name, num_classes=trained.num_classes, in_chans=trained.in_chans, **trained.model_kwargs
-        )
+        model = type(trained)(**trained.model_args, pretrained_cfg=trained.pretrained_cfg)
         model.load_state_dict(
             {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
         )
-        model.pretrained_cfg = dict(trained.pretrained_cfg)
-        save_pretrained(model, self.directory, extra={"class_names": pl_module.class_names, **self.extra})
+        model.save_pretrained(self.directory, extra={"class_names": pl_module.class_names, **self.extra})
         rank_zero_info(f"exported {self.directory / 'model.safetensors'} + config.json")
 
 

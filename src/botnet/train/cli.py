@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from botnet.hub import CONFIG_NAME, WEIGHTS_NAME
+from botnet.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 
 # Exit codes: 1 = the job failed (bad data, checkpoint, out of memory), 2 = usage error, 130 = interrupted.
 FAILED, USAGE, INTERRUPTED = 1, 2, 130

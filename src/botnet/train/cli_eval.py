@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from botnet.hub import atomic_write, load_config
+from botnet.checkpoint import atomic_write, read_config
 from botnet.train.cli import add_checkpoint_arg, add_hardware_args, quiet_lightning, run_command, trainer_placement
 from botnet.train.data import ImageDataModule, read_class_names
 from botnet.train.module import ImageClassifier
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 def evaluate(args: argparse.Namespace) -> dict:
     """Run the test loop of :class:`ImageClassifier` over the split; returns the ``eval.json`` content."""
     module = ImageClassifier.from_pretrained(args.checkpoint)
-    data = args.data or load_config(args.checkpoint).get("extra", {}).get("data")
+    data = args.data or read_config(args.checkpoint).get("extra", {}).get("data")
     if not data:
         raise ValueError(f"{args.checkpoint}/config.json does not record its data set: pass --data")
     names = read_class_names(data)

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor,
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from botnet.hub import atomic_write
+from botnet.checkpoint import atomic_write
 from botnet.models import get_model_cfg
 from botnet.train.callbacks import (
     LAST,

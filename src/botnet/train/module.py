@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -17,8 +16,8 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from botnet.hub import WEIGHTS_NAME, load_config, load_weights
-from botnet.models import create_model
+from botnet.checkpoint import read_config
+from botnet.models import ResNet, create_model
 
 SCHEDULES = ("cosine", "poly", "none")
 
@@ -50,6 +49,8 @@ class ImageClassifier(pl.LightningModule):
         smoothing: label smoothing.
         mixup: mixup alpha (0 = off).
         cutmix: cutmix alpha (0 = off).
+        model: an already built network to train or evaluate instead of building one from ``model_name`` (not a
+            hyperparameter: checkpoints rebuild it from the other arguments).
     """
 
     def __init__(
@@ -71,12 +72,15 @@ class ImageClassifier(pl.LightningModule):
         smoothing: float = 0.1,
         mixup: float = 0.0,
         cutmix: float = 0.0,
+        model: ResNet | None = None,
     ) -> None:
         super().__init__()
         if sched not in SCHEDULES:
             raise ValueError(f"unknown schedule {sched!r}; use one of {SCHEDULES}")
-        self.save_hyperparameters()
-        self.model = create_model(model_name, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {}))
+        self.save_hyperparameters(ignore=["model"])
+        if model is None:
+            model = create_model(model_name, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {}))
+        self.model = model
         self.model.pretrained_cfg.update(pretrained_cfg or {})
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         if len(self.class_names) != num_classes:
@@ -102,20 +106,14 @@ class ImageClassifier(pl.LightningModule):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> ImageClassifier:
         """Rebuild from a ``save_pretrained`` directory (``config.json`` + ``model.safetensors``; no pickle)."""
-        config = load_config(directory)
-        module = cls(
-            config["architecture"],
-            config["num_classes"],
-            config["in_chans"],
-            model_kwargs=config.get("overrides"),
-            class_names=config.get("extra", {}).get("class_names"),
-            pretrained_cfg=config.get("pretrained_cfg"),
+        model = ResNet.from_pretrained(directory)
+        return cls(
+            model.model_name,
+            model.num_classes,
+            model.in_chans,
+            class_names=read_config(directory).get("extra", {}).get("class_names"),
+            model=model,
         )
-        weights = Path(directory) / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights} not found next to config.json")
-        load_weights(module.model, weights, config["architecture"])
-        return module
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W)`` -> logits ``(B, num_classes)``."""

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from botnet.hub import atomic_write
+from botnet.checkpoint import atomic_write
 
 CURVES = {"loss": ("train/loss_epoch", "val/loss"), "top-1 (%)": ("val/top1",)}
 

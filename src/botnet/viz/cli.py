@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from botnet.hub import from_pretrained, load_config
+from botnet.checkpoint import read_config
+from botnet.models import ResNet
 from botnet.viz.figures import all_queries_figure, grid_figure, offset_figure, query_figure, save_figure
 from botnet.viz.maps import BlockAttention, Query, block_attention
 
@@ -104,8 +105,8 @@ def main(argv: list[str]) -> int:
         query = parse_query(args.query)
         if args.grid_points < 1:
             raise ValueError(f"--grid-points must be >= 1, got {args.grid_points}")
-        config = load_config(args.checkpoint)
-        model = from_pretrained(args.checkpoint).eval()
+        config = read_config(args.checkpoint)
+        model = ResNet.from_pretrained(args.checkpoint).eval()
         class_names = config.get("extra", {}).get("class_names")
         for path in args.image:
             try:
