@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import find_classes
 from torchvision.transforms import InterpolationMode, v2
 
-from botnet.train.datasets import MNIST5K, CheckedImageFolder, MNIST5k, channel_mode
+from botnet.data import MNIST5K, CheckedImageFolder, MNIST5k, channel_mode, eval_transform
 
 AUGMENTS = ("rrc", "affine")
 
@@ -63,18 +63,21 @@ def build_transform(
 ) -> Any:
     """PIL image -> normalised tensor ``(C, img_size, img_size)``.
 
-    Evaluation: timm's resize to ``img_size / crop_pct`` + centre crop (images smaller than the crop are scaled
-    up). Training with ``augment="rrc"``: timm's random-resized crop, flip, optional RandAugment
-    (``auto_augment="rand-m9-mstd0.5"``) and random erasing; with ``"affine"``: resize + a small random
-    rotation / shift / zoom (torchvision v2), for digits and characters that crops and flips would change.
+    Evaluation: :func:`botnet.data.eval_transform` (timm's resize to ``img_size / crop_pct`` + centre crop, the
+    preprocessing of ``botnet predict`` too). Training with ``augment="rrc"``: timm's random-resized crop, flip,
+    optional RandAugment (``auto_augment="rand-m9-mstd0.5"``) and random erasing; with ``"affine"``: resize + a
+    small random rotation / shift / zoom (torchvision v2), for digits and characters that crops and flips would change.
     """
     if augment not in AUGMENTS:
         raise ValueError(f"unknown augment {augment!r}; use one of {AUGMENTS}")
+    if not train:
+        cfg = dict(input_size=(len(mean), img_size, img_size), mean=mean, std=std, crop_pct=crop_pct)
+        return eval_transform({**cfg, "interpolation": interpolation})
     common = dict(mean=tuple(mean), std=tuple(std), interpolation=interpolation)
-    if not train or augment == "rrc":
+    if augment == "rrc":
         return create_transform(
             img_size,
-            is_training=train,
+            is_training=True,
             crop_pct=crop_pct,
             scale=tuple(scale),
             hflip=hflip,

@@ -145,8 +145,11 @@ class ImageClassifier(pl.LightningModule):
         return logits
 
     def predict_step(self, batch: tuple[torch.Tensor, Any], batch_idx: int) -> tuple[torch.Tensor, Any]:
-        """``(images, per-item info)`` -> ``(class probabilities (B, num_classes), the same per-item info)``."""
+        """``(images, per-item info)`` -> ``(class probabilities (B, num_classes), the same per-item info)``; a batch
+        with no readable image (``B = 0``) gives ``(0, num_classes)``."""
         images, info = batch
+        if not len(images):
+            return images.new_zeros(0, self.model.num_classes), info
         return self(images).softmax(dim=-1), info
 
     def configure_optimizers(self) -> Any:

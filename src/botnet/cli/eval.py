@@ -1,0 +1,44 @@
+"""botnet eval: top-1 / top-5 accuracy and a confusion matrix of model.safetensors on a data split.
+
+Images are preprocessed as the checkpoint's config.json says (input size, mean/std, crop fraction).
+The work is :func:`botnet.train.run.evaluate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from botnet.cli.common import add_checkpoint_arg, add_hardware_args, quiet_lightning
+from botnet.train.run import evaluate
+
+PROG = "botnet eval"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    add_checkpoint_arg(parser)
+    parser.add_argument("--data", help="mnist5k or an ImageFolder root (default: the data the model was trained on)")
+    parser.add_argument("--split", default="val", choices=("train", "val"), help="(default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=128, help="(default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=0, help="loader processes (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="where eval.json and confusion_matrix.png go (default: --checkpoint)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_hardware_args(parser, distributed=False)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_lightning()
+    result = evaluate(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['data']} {result['split']}: {result['images']} images, "
+            f"top-1 {100 * result['top1']:.2f}%, top-5 {100 * result['top5']:.2f}%\n"
+            f"confusion matrix: {result['confusion_matrix']}"
+        )
+    return 0

