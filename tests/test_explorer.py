@@ -252,5 +252,13 @@ def test_browser_maps_follow_the_query(
     view.send_keys(Keys.ENTER)
     assert state()["pinned"] is False
 
+    # As Jupyter shows it (_repr_html_): the page in a sandboxed frame of another document.
+    notebook = tmp_path / "notebook.html"
+    notebook.write_text(f"<!doctype html><html><body>{page._repr_html_()}</body></html>", encoding="utf-8")
+    browser.get(notebook.as_uri())
+    browser.switch_to.frame(browser.find_element(By.TAG_NAME, "iframe"))
+    assert state()["block"] == "layer3.0.conv2"
+    browser.switch_to.default_content()
+
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]  # console errors, CSP
     assert not errors, errors
