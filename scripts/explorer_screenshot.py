@@ -23,7 +23,6 @@ from selenium.webdriver.common.by import By
 from skimage import data
 
 import botnet
-from botnet.hub import from_pretrained, load_config
 from botnet.viz import explorer_html
 
 CHROMIUM_FLAGS = (
@@ -50,8 +49,8 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.checkpoint:
-        model = from_pretrained(args.checkpoint).eval()
-        class_names = load_config(args.checkpoint).get("extra", {}).get("class_names")
+        model = botnet.from_pretrained(args.checkpoint).eval()
+        class_names = botnet.load_config(args.checkpoint).get("extra", {}).get("class_names")
     else:
         torch.manual_seed(0)
         model, class_names = botnet.create_model("botnet50").eval(), None
