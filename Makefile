@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint table bench clean
+.PHONY: install browser demo test lint table bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	VENV=$(VENV) bash scripts/demo.sh
 
-test: $(STAMP)
+# Debian's chromium + chromedriver for the attention explorer's browser tests (tests/test_explorer.py), where missing.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "make browser: could not install chromium; the browser tests will be skipped (outside CI)" >&2
+
+test: $(STAMP) browser
 	$(PY) -m ruff check src tests benchmarks scripts
 	$(PY) -m pytest -q
 

@@ -1,4 +1,5 @@
-"""``botnet attention``: PNG figures of what an MHSA block attends to, for a checkpoint and some images.
+"""``botnet attention``: PNG figures of what an MHSA block attends to, for a checkpoint and some images, and
+(``--html``) an interactive explorer page of every MHSA block per image.
 
 The image is converted to the model's channels (grayscale or RGB), resized to the checkpoint's input size
 (whole image, no crop; ``--native-size`` keeps its size) and normalised with the checkpoint's mean / std.
@@ -18,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from botnet.checkpoint import read_config
 from botnet.models import ResNet
+from botnet.viz.explorer import write_explorer
 from botnet.viz.figures import all_queries_figure, grid_figure, offset_figure, query_figure, save_figure
 from botnet.viz.maps import BlockAttention, Query, block_attention
 
@@ -98,8 +100,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--grid-points", type=int, default=3, help="queries per side for --query grid")
     parser.add_argument("--native-size", action="store_true", help="feed the image at its own size, not resized")
     parser.add_argument("--dpi", type=int, default=100, help="PNG resolution")
-    parser.add_argument("--out", required=True, type=Path, help="folder for the PNG files")
+    parser.add_argument("--out", type=Path, help="folder for the PNG files")
+    parser.add_argument(
+        "--html",
+        type=Path,
+        help="write an interactive attention explorer page of every MHSA block (or --block) here; with several "
+        "images, one page each, named OUT_<image stem>.html",
+    )
     args = parser.parse_args(argv)
+    if args.out is None and args.html is None:
+        parser.error("give --out (PNG figures), --html (explorer page) or both")
 
     try:
         query = parse_query(args.query)
@@ -124,11 +134,17 @@ def main(argv: list[str]) -> int:
             guess = prediction(attention, class_names)
             if guess:
                 print(f"{path}: predicted {guess}", file=sys.stderr)
-            figures = write_figures(
-                display_image(image), attention, query, args.out, Path(path).stem, args.grid_points, args.dpi
-            )
-            for figure in figures:
-                print(figure)
+            outputs = []
+            if args.out is not None:
+                outputs = write_figures(
+                    display_image(image), attention, query, args.out, Path(path).stem, args.grid_points, args.dpi
+                )
+            if args.html is not None:
+                html = args.html if len(args.image) == 1 else args.html.with_stem(f"{args.html.stem}_{Path(path).stem}")
+                blocks = [args.block] if args.block else None
+                outputs.append(write_explorer(model, image, html, blocks, x=x, class_names=class_names))
+            for output in outputs:
+                print(output)
     except (ValueError, FileNotFoundError) as err:
         print(f"botnet attention: error: {err}", file=sys.stderr)
         return 2
