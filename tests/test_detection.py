@@ -382,17 +382,24 @@ def test_cli_make_data_train_eval_predict(demo: Path, tmp_path: Path, capsys: py
     assert "| bbox |" in out and "| segm |" in out
     checkpoint = run / "checkpoints/last.ckpt"
     assert checkpoint.is_file()
+    config = json.loads((run / "config.json").read_text())  # exported like a classification run
+    assert config["task"] == "detection" and config["architecture"] == "maskrcnn_botnet26_fpn"
+    assert (run / "model.safetensors").is_file() and (run / "detect.yaml").is_file()
 
     results = tmp_path / "results.json"
-    evaluate = ["--checkpoint", str(checkpoint), "--data", str(demo), "--results-json", str(results)]
+    evaluate = ["--checkpoint", str(run), "--data", str(demo), "--results-json", str(results)]
     assert main(["detect", "eval", *evaluate]) == 0
-    assert "| segm |" in capsys.readouterr().out
+    from_folder = capsys.readouterr().out
+    assert "| segm |" in from_folder
+    evaluate[1] = str(checkpoint)  # the Lightning checkpoint of the same run (read with weights_only)
+    assert main(["detect", "eval", *evaluate]) == 0
+    assert capsys.readouterr().out.splitlines()[:4] == from_folder.splitlines()[:4]
     assert all(
         {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(r) for r in json.loads(results.read_text())
     )
 
     image = demo / "val/000001.png"
-    predict = ["--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "pred"), "--score-threshold", "0"]
+    predict = ["--checkpoint", str(run), str(image), "--out", str(tmp_path / "pred"), "--score-threshold", "0"]
     assert main(["detect", "predict", *predict]) == 0
     drawn = Image.open(tmp_path / "pred/000001.png")
     assert drawn.size == Image.open(image).size and drawn.tobytes() != Image.open(image).convert("RGB").tobytes()

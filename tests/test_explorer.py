@@ -22,9 +22,9 @@ from torch import nn
 
 import botnet
 from botnet.cli import main as botnet_main
+from botnet.data import preprocess
 from botnet.layers import attention_layers
 from botnet.viz import BlockAttention, ExplorerPage, block_attention, explorer_html
-from botnet.viz.cli import model_input
 from botnet.viz.explorer import decode_blocks, page_data
 
 IMAGE = (90, 120)  # (height, width) of the test image; the model sees it resized to 64 x 64
@@ -82,7 +82,7 @@ def page(model: nn.Module, image: Image.Image) -> ExplorerPage:
 
 def attentions(model: nn.Module, image: Image.Image) -> dict[str, BlockAttention]:
     """Every block's attention, computed in Python on the input the page's default preprocessing makes."""
-    x = model_input(image, {"pretrained_cfg": model.pretrained_cfg}, native_size=False)
+    x = preprocess(image, model.pretrained_cfg, resize="stretch")
     return {name: block_attention(model, x, name, (image.height, image.width)) for name in attention_layers(model)}
 
 

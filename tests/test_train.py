@@ -21,13 +21,24 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from botnet.cli import main as botnet_main
+from botnet.cli import run as run_command
+from botnet.cli.train import parse_args
+from botnet.data import CheckedImageFolder, MNIST5k, load_image
 from botnet.train.callbacks import AtomicCheckpointIO
-from botnet.train.cli import run_command
-from botnet.train.cli_eval import main as eval_main
-from botnet.train.cli_predict import main as predict_main
-from botnet.train.cli_train import fit, parse_args
-from botnet.train.cli_train import main as train_main
-from botnet.train.datasets import CheckedImageFolder, MNIST5k, load_image
+from botnet.train.run import fit
+
+
+def train_main(argv: list[str]) -> int:
+    return botnet_main(["train", *argv])
+
+
+def eval_main(argv: list[str]) -> int:
+    return botnet_main(["eval", *argv])
+
+
+def predict_main(argv: list[str]) -> int:
+    return botnet_main(["predict", *argv])
+
 
 CLASSES = ("dark", "light", "striped")
 TINY_MODEL = ["--model", "botnet26", "--model-kwargs", "channels=8,16,32,64", "stem_width=8", "num_heads=2"]
@@ -312,9 +323,9 @@ def test_out_of_memory_gets_a_hint(capsys: pytest.CaptureFixture) -> None:
     def command() -> int:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    assert run_command("botnet train", command, batch_size=256) == 1
+    assert run_command("botnet train", command) == 1
     err = capsys.readouterr().err
-    assert "out of memory (--batch-size 256): lower --batch-size" in err and len(err.strip().splitlines()) == 1
+    assert "out of memory: lower --batch-size" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "predict"])
@@ -328,7 +339,8 @@ DDP_SCRIPT = """
 import sys
 import lightning.pytorch as pl
 from safetensors.torch import save_file
-from botnet.train.cli_train import fit, parse_args
+from botnet.cli.train import parse_args
+from botnet.train.run import fit
 
 class SaveRankWeights(pl.Callback):
     def on_train_end(self, trainer, pl_module):

@@ -223,6 +223,6 @@ def test_cli_reports_bad_block_query_and_checkpoint(tmp_path: Path, capsys) -> N
         assert botnet_main(base + extra) == 2
         assert message in capsys.readouterr().err
     base[2] = str(tmp_path / "missing")
-    assert botnet_main(base) == 2
+    assert botnet_main(base) == 1  # a missing checkpoint is a failure, not a usage error
     assert "config.json not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

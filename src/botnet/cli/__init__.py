@@ -63,7 +63,7 @@ def _first_line(err: BaseException) -> str:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Failures with a message meant for the user (bad data, checkpoint, configuration): exit 1, one line."""
     errors: list[type[BaseException]] = [ValueError, OSError]
-    if "lightning" in sys.modules:  # e.g. --accelerator gpu on a machine without one
+    if sys.modules.get("lightning") is not None:  # e.g. --accelerator gpu on a machine without one
         from lightning.fabric.utilities.exceptions import MisconfigurationException
 
         errors.append(MisconfigurationException)
@@ -72,7 +72,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 def _interrupts() -> tuple[type[BaseException], ...]:
     interrupts: list[type[BaseException]] = [KeyboardInterrupt]
-    if "lightning" in sys.modules:
+    if sys.modules.get("lightning") is not None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         interrupts.append(SIGTERMException)
@@ -94,8 +94,9 @@ def run(prog: str, command: Callable[[], int | None], debug: bool = False) -> in
         if isinstance(err, UsageError):
             message, code = f"error: {err}", USAGE
         elif isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in EXTRAS:
-            extra = EXTRAS[err.name.split(".")[0]]
-            message = f"error: this command needs the [{extra}] extra: pip install 'botnet[{extra}]' ({err})"
+            package = err.name.split(".")[0]
+            extra = EXTRAS[package]
+            message = f"error: this command needs the [{extra}] extra: pip install 'botnet[{extra}]' ({package} is not installed)"
             code = FAILED
         elif isinstance(err, RuntimeError) and _is_out_of_memory(err):
             message = (

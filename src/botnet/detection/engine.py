@@ -9,6 +9,7 @@ returns the raw detections. Checkpoints carry the detector's name, arguments and
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from botnet import checkpoint
 from botnet.detection.builders import create_detector
 from botnet.detection.data import CocoDetection, collate, detection_transforms
 from botnet.detection.evaluation import CocoEvaluator
@@ -67,6 +69,55 @@ class DetectionModule(L.LightningModule):
         self.coco_metrics: dict[str, float] = {}
         self.validated_step = -1  # global step of the latest COCO validation
 
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike,
+        state: dict[str, torch.Tensor] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` (detector name, classes, arguments, categories) into
+        ``directory``; ``state``: this module's state dict as gathered by the strategy (default: its own)."""
+        state = self.state_dict() if state is None else state
+        weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        config = {
+            "architecture": self.hparams.detector,
+            "task": "detection",
+            "num_classes": self.hparams.num_classes,
+            "detector_kwargs": self.hparams.detector_kwargs or {},
+            "extra": {"categories": self.categories, "cat_ids": self.cat_ids, **(extra or {})},
+        }
+        return checkpoint.save_pretrained_files(directory, weights, config)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> DetectionModule:
+        """Rebuild from a folder written by :meth:`save_pretrained` (``botnet detect train --out``), or from a
+        Lightning ``.ckpt`` of a detection run; :class:`~botnet.checkpoint.CheckpointError` if it is neither."""
+        path = Path(path)
+        if path.suffix == ".ckpt":
+            saved = checkpoint.read_checkpoint(path)
+            hparams = saved.get("hyper_parameters")
+            if not isinstance(hparams, dict) or "detector" not in hparams:
+                raise checkpoint.CheckpointError(f"{path} is not a checkpoint of botnet detect train")
+            module = cls(**hparams)
+            checkpoint.load_weights(module, saved.get("state_dict", {}), trained_for=hparams["detector"])
+            return module
+        config = checkpoint.read_config(path)
+        if config.get("task") != "detection":
+            raise checkpoint.CheckpointError(
+                f"{path} holds a {config['architecture']} classifier, not a detector (use botnet eval / predict)"
+            )
+        extra = config.get("extra", {})
+        module = cls(
+            config["architecture"],
+            config["num_classes"],
+            categories=extra.get("categories"),
+            cat_ids=extra.get("cat_ids"),
+            detector_kwargs=config.get("detector_kwargs"),
+        )
+        weights = checkpoint.pretrained_weights_path(path.parent if path.is_file() else path)
+        checkpoint.load_weights(module.model, weights, trained_for=config["architecture"])
+        return module
+
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, Any]] | None = None) -> Any:
         """Training mode: loss dict; eval mode: per-image detections (torchvision's R-CNN API)."""
         return self.model(images, targets)
@@ -98,8 +149,10 @@ class DetectionModule(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in self.coco_metrics.items()})
 
     def predict_step(self, batch: tuple[list[torch.Tensor], list[Any]], batch_idx: int) -> list[dict[str, Any]]:
-        """``(images, keys)`` -> ``[{**detections, "key": key}, ...]`` (``key``: e.g. the file path)."""
+        """``(images, keys)`` -> ``[{**detections, "key": key}, ...]`` (``key``: e.g. the file's index)."""
         images, keys = batch
+        if not images:
+            return []
         return [{**output, "key": key} for output, key in zip(self.model(images), keys, strict=True)]
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -125,7 +178,7 @@ class DetectionModule(L.LightningModule):
 
 
 class CocoDataModule(L.LightningDataModule):
-    """COCO train / val splits as detection dataloaders.
+    """COCO train / val splits as detection dataloaders; the json files are read in :meth:`setup`.
 
     Args:
         train: ``(images_dir, ann_file)`` of the training split (see :func:`~botnet.detection.data.coco_split`).
@@ -146,18 +199,29 @@ class CocoDataModule(L.LightningDataModule):
         strict: bool = False,
     ) -> None:
         super().__init__()
-        kwargs = dict(with_masks=with_masks, strict=strict)
-        self.train_set = CocoDetection(*train, detection_transforms(True), drop_empty=True, **kwargs) if train else None
-        self.val_set = CocoDetection(*val, detection_transforms(False), **kwargs) if val else None
+        if train is None and val is None:
+            raise ValueError("CocoDataModule needs a train or a val split")
+        self.splits = {"train": train, "val": val}
+        self.options = dict(with_masks=with_masks, strict=strict)
+        self.train_set: CocoDetection | None = None
+        self.val_set: CocoDetection | None = None
         self.batch_size = batch_size
         self.num_workers = num_workers
 
+    def setup(self, stage: str = "fit") -> None:
+        """Read and check the annotation files (once)."""
+        if self.train_set is None and self.splits["train"] is not None and stage == "fit":
+            train = self.splits["train"]
+            self.train_set = CocoDetection(*train, detection_transforms(True), drop_empty=True, **self.options)
+        if self.val_set is None and self.splits["val"] is not None:
+            self.val_set = CocoDetection(*self.splits["val"], detection_transforms(False), **self.options)
+
     @property
     def reference(self) -> CocoDetection:
-        """The split that defines the categories."""
+        """The split that defines the categories (after :meth:`setup`)."""
+        self.setup("fit")
         dataset = self.train_set or self.val_set
-        if dataset is None:
-            raise ValueError("CocoDataModule needs a train or a val split")
+        assert dataset is not None
         return dataset
 
     def _loader(self, dataset: CocoDetection | None, shuffle: bool) -> DataLoader:

@@ -4,7 +4,7 @@
 - :class:`SaveOnInterrupt`: Ctrl-C (SIGINT) and SIGTERM stop at the next step boundary and save ``last.ckpt``.
 - :class:`ResumableRNG`: random-number-generator states travel in the checkpoint, so a resumed run draws the same
   shuffles and augmentations as an uninterrupted one.
-- :class:`ExportPretrained`: ``model.safetensors`` + ``config.json`` at the end of training.
+- :class:`ExportPretrained`: ``model.safetensors`` + ``config.json`` at the end of training (any task).
 - :class:`TrainingCurve`: ``training_curve.png`` (loss and top-1 per epoch) from the CSV logs.
 """
 
@@ -105,10 +105,10 @@ class ResumableRNG(pl.Callback):
 
 
 class ExportPretrained(pl.Callback):
-    """Write the final weights (the EMA weights when an EMA callback runs before this one) as ``model.safetensors``
-    + ``config.json`` in ``directory``, for ``botnet eval`` / ``predict`` / ``from_pretrained``.
-
-    ``extra`` is stored in ``config.json`` next to the class names.
+    """At the end of training, write the module's inference weights (the EMA weights when an EMA callback runs
+    before this one) as ``model.safetensors`` + ``config.json`` in ``directory``, through the module's
+    ``save_pretrained(directory, state, extra)`` (classification and detection modules both have one), for
+    ``botnet eval`` / ``predict`` / ``from_pretrained``. ``extra`` goes into ``config.json``.
     """
 
     def __init__(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
@@ -119,12 +119,7 @@ class ExportPretrained(pl.Callback):
         state = trainer.strategy.lightning_module_state_dict()  # gathered on rank 0 under FSDP; collective
         if not trainer.is_global_zero:
             return
-        trained = pl_module.model
-        model = type(trained)(**trained.model_args, pretrained_cfg=trained.pretrained_cfg)
-        model.load_state_dict(
-            {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
-        )
-        model.save_pretrained(self.directory, extra={"class_names": pl_module.class_names, **self.extra})
+        pl_module.save_pretrained(self.directory, state, extra=self.extra)
         rank_zero_info(f"exported {self.directory / 'model.safetensors'} + config.json")
 
 

@@ -137,7 +137,6 @@ class ImageDataModule(pl.LightningDataModule):
         self.workers = workers
         self.eval_split = eval_split
         self.transform = transform
-        self.class_names = read_class_names(data)
         self.datasets: dict[str, Dataset] = {}
 
     def _dataset(self, split: str, train: bool) -> Dataset:
@@ -147,6 +146,7 @@ class ImageDataModule(pl.LightningDataModule):
         return CheckedImageFolder(Path(self.data) / split, self.mode, transform)
 
     def setup(self, stage: str) -> None:
+        """Build the split datasets ``stage`` needs (folders are scanned here, not at construction)."""
         if stage == "fit":
             self.datasets["train"] = self._dataset("train", train=True)
             self.datasets["val"] = self._dataset("val", train=False)

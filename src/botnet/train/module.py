@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -114,6 +115,20 @@ class ImageClassifier(pl.LightningModule):
             class_names=read_config(directory).get("extra", {}).get("class_names"),
             model=model,
         )
+
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike,
+        state: dict[str, torch.Tensor] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write the network as ``model.safetensors`` + ``config.json`` (with the class names and ``extra``);
+        ``state``: this module's state dict as gathered by the strategy (default: its own)."""
+        trained = self.model
+        model = type(trained)(**trained.model_args, pretrained_cfg=trained.pretrained_cfg)
+        state = self.state_dict() if state is None else state
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+        return model.save_pretrained(directory, extra={"class_names": self.class_names, **(extra or {})})
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W)`` -> logits ``(B, num_classes)``."""

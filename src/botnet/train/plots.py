@@ -7,19 +7,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from matplotlib.figure import Figure
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from botnet.checkpoint import atomic_write
+from botnet.viz.figures import save_figure
 
 CURVES = {"loss": ("train/loss_epoch", "val/loss"), "top-1 (%)": ("val/top1",)}
-
-
-def save_figure(figure: Figure, path: str | Path) -> Path:
-    """Write ``figure`` as a PNG atomically and close it."""
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(figure)
-    return Path(path)
 
 
 def read_epoch_metrics(csv_paths: Iterable[Path]) -> dict[int, dict[str, float]]:
@@ -48,7 +40,7 @@ def plot_training_curve(epochs: dict[int, dict[str, float]], path: str | Path) -
         ax.set(title=title, xlabel="epoch")
         ax.grid(alpha=0.3)
         ax.legend()
-    return save_figure(figure, path)
+    return save_figure(figure, path, dpi=120, tight=True)
 
 
 def plot_confusion_matrix(matrix: MulticlassConfusionMatrix, class_names: Sequence[str], path: str | Path) -> Path:
@@ -57,4 +49,4 @@ def plot_confusion_matrix(matrix: MulticlassConfusionMatrix, class_names: Sequen
     figure, ax = matrix.plot(add_text=len(class_names) <= 20, labels=labels)
     ax.set_title(f"confusion matrix ({int(matrix.compute().sum())} images)")
     figure.set_size_inches(max(4.0, 0.45 * len(class_names) + 2), max(4.0, 0.45 * len(class_names) + 2))
-    return save_figure(figure, path)
+    return save_figure(figure, path, dpi=120, tight=True)

@@ -31,6 +31,7 @@ from matplotlib import colormaps
 from PIL import Image
 from torch import nn
 
+from botnet.data import load_image, preprocess
 from botnet.layers import attention_layers
 from botnet.viz.maps import BlockAttention, block_attention, get_block
 
@@ -191,12 +192,9 @@ def explorer_html(
         title: page title (default: "BoTNet attention explorer").
     """
     if isinstance(image, (str, Path)):
-        image = Image.open(image)
-        image.load()
+        image = load_image(image)
     if x is None:
-        from botnet.viz.cli import model_input  # the CLI module imports this one
-
-        x = model_input(image, {"pretrained_cfg": model.pretrained_cfg}, native_size=False)
+        x = preprocess(image, model.pretrained_cfg, resize="stretch")
     names = list(attention_layers(model)) if blocks is None else list(blocks)
     if not names:
         get_block(model)  # raises: the model has no MHSA layer

@@ -20,13 +20,16 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
+from botnet.checkpoint import atomic_write
 from botnet.viz.maps import BlockAttention, Pixel, Query, upsample
 
 PANEL_INCHES = 2.4
 TITLE_INCHES = 0.6
 ATTENTION_CMAP = "inferno"
 LOGIT_CMAP = "viridis"
+DISPLAY_SIDE = 384  # long side, in screen pixels, of the image drawn under the overlays
 
 
 def _figure(rows: int, cols: int, title: str) -> tuple[Figure, np.ndarray]:
@@ -165,9 +168,50 @@ def offset_figure(attention: BlockAttention) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Write ``fig`` as PNG at ``dpi`` (size: see the module notes); creates the folder; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
-    return path
+def save_figure(fig: Figure, path: str | Path, dpi: int = 100, tight: bool = False) -> Path:
+    """Write ``fig`` as PNG at ``dpi`` atomically (size: see the module notes; ``tight`` trims the margins),
+    creating the folder, and close it; returns the path. The one figure writer of the library."""
+    import matplotlib.pyplot as plt
+
+    bbox = "tight" if tight else None
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", bbox_inches=bbox))
+    plt.close(fig)
+    return Path(path)
+
+
+def display_image(image: Image.Image, side: int = DISPLAY_SIDE) -> np.ndarray:
+    """The image as shown under the overlays: long side ``side`` pixels, floats in ``[0, 1]``, gray or RGB."""
+    image = image.convert("L" if image.mode in ("1", "L", "I", "I;16", "F") else "RGB")
+    scale = side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.float32) / 255
+
+
+def prediction(attention: BlockAttention, class_names: list[str] | None) -> str:
+    """``"label (p=0.93)"`` for a classifier's output, ``""`` otherwise."""
+    output = attention.output
+    if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[1] < 1:
+        return ""
+    probs = output[0].softmax(0)
+    best = int(probs.argmax())
+    label = class_names[best] if class_names and best < len(class_names) else str(best)
+    return f"{label} (p={probs[best].item():.2f})"
+
+
+def write_figures(
+    image: np.ndarray, attention: BlockAttention, query: Query, out: Path, stem: str, grid_points: int, dpi: int
+) -> list[Path]:
+    """The query figure (a pixel / center), grid figure (grid) or all-queries figure (all), plus the offsets, as
+    ``out/<stem>_<block>_<kind>.png``."""
+    prefix = out / f"{stem}_{attention.block}"
+    if query == "grid":
+        main_fig, name = grid_figure(image, attention, "grid", grid_points), "grid"
+    elif query == "all":
+        main_fig, name = all_queries_figure(attention), "all"
+    else:
+        y, x = attention.query_maps(query).pixels[0]
+        main_fig, name = query_figure(image, attention, query), f"query_{y}_{x}"
+    return [
+        save_figure(main_fig, f"{prefix}_{name}.png", dpi),
+        save_figure(offset_figure(attention), f"{prefix}_offsets.png", dpi),
+    ]
