@@ -136,7 +136,7 @@ def test_frozen_bn_keeps_the_statistics_and_trainable_layers_freeze_the_bottom(t
     assert all(p.requires_grad for p in backbone.fpn.parameters())
     with pytest.raises(ValueError, match="0..5"):
         botnet_fpn_backbone("botnet26", trainable_layers=6, **TINY)
-    with pytest.raises(ValueError, match="do not fit"):
+    with pytest.raises(ValueError, match="does not match the model"):
         botnet_fpn_backbone("resnet26", weights=weights, **TINY)
 
 
