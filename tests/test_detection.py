@@ -25,12 +25,12 @@ from botnet.detection import (
     make_demo_data,
 )
 from botnet.detection.engine import CocoDataModule, DetectionModule
+from conftest import TINY, randomise_norms
 
 # pycocotools' own numpy-2 deprecation, once per decoded mask.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
 
 # A narrow BoTNet-26 (MHSA in both c5 blocks) and narrow heads keep every test at CPU speed.
-TINY = dict(channels=(8, 16, 32, 64), stem_width=8, num_heads=2)
 FAST = dict(
     fpn_channels=32,
     backbone_kwargs=TINY,
@@ -107,12 +107,8 @@ def test_botnet50_detector_puts_mhsa_in_c5_at_the_detection_resolution() -> None
 
 
 def test_frozen_bn_keeps_the_statistics_and_trainable_layers_freeze_the_bottom(tmp_path: Path) -> None:
-    reference = botnet.create_model("botnet26", num_classes=0, **TINY)
-    for module in reference.modules():  # non-trivial statistics, so a frozen copy that ignores them would differ
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            nn.init.uniform_(module.weight, 0.5, 1.5)
+    # non-trivial statistics, so a frozen copy that ignores them would differ
+    reference = randomise_norms(botnet.create_model("botnet26", num_classes=0, **TINY))
     weights = tmp_path / "botnet26.pt"
     torch.save(reference.state_dict(), weights)
 

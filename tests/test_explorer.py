@@ -26,6 +26,7 @@ from botnet.data import preprocess
 from botnet.layers import attention_layers
 from botnet.viz import BlockAttention, ExplorerPage, block_attention, explorer_html
 from botnet.viz.explorer import decode_blocks, page_data
+from conftest import tiny_model
 
 IMAGE = (90, 120)  # (height, width) of the test image; the model sees it resized to 64 x 64
 CHROMIUM_FLAGS = (
@@ -48,9 +49,7 @@ def sharp_botnet() -> nn.Module:
     and position logits to order 1 (content by 3600, position by 60), so both shape the maps.
     """
     torch.manual_seed(0)
-    model = botnet.create_model(
-        "botnet26", num_classes=7, channels=(8, 16, 32, 64), stem_width=8, num_heads=2, img_size=64, attention="c4,c5"
-    )
+    model = tiny_model(num_classes=7, img_size=64, attention="c4,c5")
     with torch.no_grad():
         for layer in attention_layers(model).values():
             layer.qkv.weight[: 2 * layer.dim_out] *= 60

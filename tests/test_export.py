@@ -13,6 +13,7 @@ from torch import nn
 import botnet
 from botnet.cli import main as cli
 from botnet.export import export_onnx, export_program, export_torchscript, onnx_max_error
+from conftest import randomise_norms, tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
@@ -22,15 +23,7 @@ STRIDE_SIZES = [(2, 64, 64), (3, 96, 64), (1, 128, 160)]  # multiples of the out
 
 def tiny_botnet(**overrides: object) -> nn.Module:
     """A botnet26 with 1/8 widths, MHSA in c5, random BN (zero-init residuals would hide the blocks)."""
-    model = botnet.create_model(
-        "botnet26", num_classes=10, channels=(8, 16, 32, 64), stem_width=16, img_size=64, **overrides
-    )
-    gen = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.weight.data = 1 + 0.2 * torch.randn(module.num_features, generator=gen)
-            module.bias.data = 0.2 * torch.randn(module.num_features, generator=gen)
-    return model.eval()
+    return randomise_norms(tiny_model(num_classes=10, img_size=64, **overrides)).eval()
 
 
 @pytest.fixture(scope="module")

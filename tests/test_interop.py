@@ -15,23 +15,10 @@ from botnet.cli import main as cli
 from botnet.convert import from_timm
 from botnet.layers import MHSA2d
 from botnet.models.timm_registry import register_with_timm
+from conftest import randomise_norms
 
 SIZE = 128  # timm's BoTNets are fixed-size; built at 128 px to keep the tests fast
 PAIRS = [("botnet26t_256", "timm_botnet26t_256"), ("botnet50ts_256", "timm_botnet50ts_256")]
-
-
-def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN affine + running stats: timm zero-inits each block's last BN, so untouched residual branches
-    would add nothing and parity would hold for a wrong block."""
-    gen = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            channels = module.num_features
-            module.weight.data = 1 + 0.1 * torch.randn(channels, generator=gen)
-            module.bias.data = 0.1 * torch.randn(channels, generator=gen)
-            module.running_mean = 0.1 * torch.randn(channels, generator=gen)
-            module.running_var = 1 + torch.rand(channels, generator=gen)
-    return model
 
 
 def timm_botnet(name: str, **kwargs: object) -> nn.Module:

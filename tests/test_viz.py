@@ -27,6 +27,7 @@ from botnet.viz import (  # noqa: E402
     upsample,
 )
 from botnet.viz.figures import PANEL_INCHES, TITLE_INCHES  # noqa: E402
+from conftest import tiny_model  # noqa: E402
 
 ODD_IMAGE = (97, 131)
 ODD_GRID = (7, 9)  # botnet26 layer4.0 at 97x131: 97 -> 49 -> 25 -> 13 -> 7 and 131 -> 66 -> 33 -> 17 -> 9
@@ -34,10 +35,7 @@ ODD_GRID = (7, 9)  # botnet26 layer4.0 at 97x131: 97 -> 49 -> 25 -> 13 -> 7 and 
 
 def tiny_botnet(in_chans: int = 3) -> nn.Module:
     torch.manual_seed(0)
-    model = botnet.create_model(
-        "botnet26", num_classes=3, in_chans=in_chans, channels=(8, 16, 32, 64), stem_width=8, num_heads=2, img_size=64
-    )
-    return model.eval()
+    return tiny_model(num_classes=3, in_chans=in_chans, img_size=64).eval()
 
 
 @pytest.fixture(scope="module")
