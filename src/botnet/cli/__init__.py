@@ -96,7 +96,8 @@ def run(prog: str, command: Callable[[], int | None], debug: bool = False) -> in
         elif isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in EXTRAS:
             package = err.name.split(".")[0]
             extra = EXTRAS[package]
-            message = f"error: this command needs the [{extra}] extra: pip install 'botnet[{extra}]' ({package} is not installed)"
+            message = f"error: this command needs the [{extra}] extra: pip install 'botnet[{extra}]' "
+            message += f"({package} is not installed)"
             code = FAILED
         elif isinstance(err, RuntimeError) and _is_out_of_memory(err):
             message = (

@@ -21,11 +21,12 @@ from botnet import checkpoint
 from botnet.detection.builders import create_detector
 from botnet.detection.data import CocoDetection, collate, detection_transforms
 from botnet.detection.evaluation import CocoEvaluator
+from botnet.train.callbacks import PretrainedModule
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
 
 
-class DetectionModule(L.LightningModule):
+class DetectionModule(PretrainedModule):
     """A :func:`~botnet.detection.create_detector` model with its optimisation and COCO evaluation.
 
     Batches are ``(images, targets)`` lists from :func:`~botnet.detection.data.collate`: ``images`` are
@@ -69,22 +70,14 @@ class DetectionModule(L.LightningModule):
         self.coco_metrics: dict[str, float] = {}
         self.validated_step = -1  # global step of the latest COCO validation
 
-    def save_pretrained(
-        self,
-        directory: str | os.PathLike,
-        state: dict[str, torch.Tensor] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` (detector name, classes, arguments, categories) into
-        ``directory``; ``state``: this module's state dict as gathered by the strategy (default: its own)."""
-        state = self.state_dict() if state is None else state
-        weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    def write_pretrained(self, directory: Path, weights: dict[str, torch.Tensor], extra: dict[str, Any]) -> Path:
+        """``model.safetensors`` + ``config.json`` (detector name, classes, arguments, categories, ``extra``)."""
         config = {
             "architecture": self.hparams.detector,
             "task": "detection",
             "num_classes": self.hparams.num_classes,
             "detector_kwargs": self.hparams.detector_kwargs or {},
-            "extra": {"categories": self.categories, "cat_ids": self.cat_ids, **(extra or {})},
+            "extra": {"categories": self.categories, "cat_ids": self.cat_ids, **extra},
         }
         return checkpoint.save_pretrained_files(directory, weights, config)
 

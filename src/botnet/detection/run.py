@@ -65,16 +65,11 @@ def fit(args: argparse.Namespace) -> tuple[pl.Trainer, DetectionModule]:
         trainable_layers=args.trainable_layers,
         backbone_kwargs=dict(args.backbone_arg),
     )
+    optim = dict(lr=args.lr, warmup_steps=args.warmup_steps)
     module = DetectionModule(
-        args.model,
-        reference.num_classes,
-        categories=reference.categories,
-        cat_ids=reference.cat_ids,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        detector_kwargs=detector_kwargs,
-        backbone_weights=args.backbone_weights,
-    )
+        args.model, reference.num_classes, reference.categories, reference.cat_ids, **optim,
+        detector_kwargs=detector_kwargs, backbone_weights=args.backbone_weights,
+    )  # fmt: skip
     out = Path(args.out)
     trainer = _trainer(
         args,

@@ -104,10 +104,27 @@ class ResumableRNG(pl.Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
+class PretrainedModule(pl.LightningModule):
+    """A LightningModule whose network ``self.model`` is exported as a pretrained folder (``model.safetensors`` +
+    ``config.json``): subclasses say how, in :meth:`write_pretrained`."""
+
+    def save_pretrained(
+        self, directory: str | Path, state: dict[str, torch.Tensor] | None = None, extra: dict[str, Any] | None = None
+    ) -> Path:
+        """Export the network into ``directory``; ``state``: this module's state dict as gathered by the strategy
+        (default: its own); ``extra`` goes into ``config.json``."""
+        state = self.state_dict() if state is None else state
+        weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        return self.write_pretrained(Path(directory), weights, extra or {})
+
+    def write_pretrained(self, directory: Path, weights: dict[str, torch.Tensor], extra: dict[str, Any]) -> Path:
+        raise NotImplementedError
+
+
 class ExportPretrained(pl.Callback):
     """At the end of training, write the module's inference weights (the EMA weights when an EMA callback runs
     before this one) as ``model.safetensors`` + ``config.json`` in ``directory``, through the module's
-    ``save_pretrained(directory, state, extra)`` (classification and detection modules both have one), for
+    :meth:`PretrainedModule.save_pretrained` (classification and detection modules are ones), for
     ``botnet eval`` / ``predict`` / ``from_pretrained``. ``extra`` goes into ``config.json``.
     """
 
@@ -119,6 +136,7 @@ class ExportPretrained(pl.Callback):
         state = trainer.strategy.lightning_module_state_dict()  # gathered on rank 0 under FSDP; collective
         if not trainer.is_global_zero:
             return
+        assert isinstance(pl_module, PretrainedModule)
         pl_module.save_pretrained(self.directory, state, extra=self.extra)
         rank_zero_info(f"exported {self.directory / 'model.safetensors'} + config.json")
 

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
@@ -19,11 +18,12 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from botnet.checkpoint import read_config
 from botnet.models import ResNet, create_model
+from botnet.train.callbacks import PretrainedModule
 
 SCHEDULES = ("cosine", "poly", "none")
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(PretrainedModule):
     """Classify images ``(B, in_chans, H, W)`` into ``num_classes`` with a :func:`botnet.create_model` network.
 
     Training: cross-entropy with label smoothing, or timm's mixup / cutmix with soft targets; a timm optimizer
@@ -116,19 +116,11 @@ class ImageClassifier(pl.LightningModule):
             model=model,
         )
 
-    def save_pretrained(
-        self,
-        directory: str | os.PathLike,
-        state: dict[str, torch.Tensor] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> Path:
-        """Write the network as ``model.safetensors`` + ``config.json`` (with the class names and ``extra``);
-        ``state``: this module's state dict as gathered by the strategy (default: its own)."""
-        trained = self.model
-        model = type(trained)(**trained.model_args, pretrained_cfg=trained.pretrained_cfg)
-        state = self.state_dict() if state is None else state
-        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-        return model.save_pretrained(directory, extra={"class_names": self.class_names, **(extra or {})})
+    def write_pretrained(self, directory: Path, weights: dict[str, torch.Tensor], extra: dict[str, Any]) -> Path:
+        """The network as a :meth:`botnet.ResNet.save_pretrained` folder, with the class names and ``extra``."""
+        model = type(self.model)(**self.model.model_args, pretrained_cfg=self.model.pretrained_cfg)
+        model.load_state_dict(weights)
+        return model.save_pretrained(directory, extra={"class_names": self.class_names, **extra})
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W)`` -> logits ``(B, num_classes)``."""
