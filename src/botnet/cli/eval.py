@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from botnet.cli.common import add_checkpoint_arg, add_hardware_args, quiet_lightning
+from botnet.cli.common import add_checkpoint_arg, add_hardware_args, add_max_pixels_arg, quiet_lightning
 from botnet.train.run import evaluate
 
 PROG = "botnet eval"
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=0, help="loader processes (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="where eval.json and confusion_matrix.png go (default: --checkpoint)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_max_pixels_arg(parser)
     add_hardware_args(parser, distributed=False)
     return parser
 
@@ -36,8 +37,9 @@ def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(result))
     else:
+        skipped = f" ({result['skipped']} unreadable, skipped)" if result["skipped"] else ""
         print(
-            f"{result['data']} {result['split']}: {result['images']} images, "
+            f"{result['data']} {result['split']}: {result['images']} images{skipped}, "
             f"top-1 {100 * result['top1']:.2f}%, top-5 {100 * result['top5']:.2f}%\n"
             f"confusion matrix: {result['confusion_matrix']}"
         )

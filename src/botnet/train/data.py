@@ -3,18 +3,22 @@ timm / torchvision transforms, as a Lightning ``LightningDataModule``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+import signal
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from timm.data import create_transform
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets.folder import find_classes
 from torchvision.transforms import InterpolationMode, v2
 
-from botnet.data import MNIST5K, CheckedImageFolder, MNIST5k, channel_mode, eval_transform
+from botnet.data import MAX_PIXELS, MNIST5K, CheckedImageFolder, MNIST5k, channel_mode, eval_transform
 
 AUGMENTS = ("rrc", "affine")
 
@@ -96,10 +100,80 @@ def build_transform(
     )
 
 
+def ignore_interrupts(worker_id: int) -> None:
+    """Loader-worker start: leave Ctrl-C and SIGTERM to the main process. A terminal's Ctrl-C (and a scheduler's
+    SIGTERM to the process group) reaches the workers too; killed workers would crash the run before the main
+    process could save its interrupt checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Python, NumPy and torch (CPU) random draws from ``seed`` inside the block, the callers' states after it."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+class SeededSamples(Dataset):
+    """``dataset`` indexed by ``(epoch, index)``, each sample's augmentation drawn from a seed of ``(seed, epoch,
+    index)``: the same draws whichever loader worker, batch position or run loads it, so a run resumed mid-epoch
+    sees exactly the augmentations of an uninterrupted one."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        with _seeded(hash((self.seed, epoch, index)) % 2**63):
+            return self.dataset[index]
+
+
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)`` keys for :class:`SeededSamples`: a permutation seeded by ``(seed, epoch)``
+    (Lightning calls :meth:`set_epoch`), of which the first ``skip`` keys are left out once: a run resumed
+    mid-epoch goes on with the keys the epoch had left."""
+
+    def __init__(self, size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0, skip: int = 0) -> None:
+        self.size = size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = epoch
+        self.skip = skip
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.size)
+        skip, self.skip = self.skip, 0
+        for index in order[skip:].tolist():
+            yield self.epoch, index
+
+
 class ImageDataModule(pl.LightningDataModule):
     """Train / val / test loaders over ``mnist5k`` or an ImageFolder tree.
 
-    Batches are ``(images (B, C, H, W), labels (B,))``.
+    Batches are ``(images (B, C, H, W), labels (B,))``. In evaluation batches an unreadable image has the label
+    :data:`~botnet.data.SKIPPED` (and zeros as pixels): it is left out of the metrics and counted.
 
     ``test`` is the evaluation split ``eval_split`` (``val`` by default) with the evaluation transform. Under DDP
     Lightning shards the loaders with a ``DistributedSampler``.
@@ -110,8 +184,11 @@ class ImageDataModule(pl.LightningDataModule):
         in_chans: 1 (images converted to grayscale) or 3 (RGB).
         mean, std: normalisation, one value per channel (the model's ``pretrained_cfg``).
         batch_size: per device.
-        workers: loader processes per device.
+        workers: loader processes per device (they ignore Ctrl-C / SIGTERM: the main process decides).
         eval_split: the split ``test`` uses.
+        seed: the training order and augmentations are a function of ``(seed, epoch, index)``, so an interrupted
+            run resumes mid-epoch exactly (:class:`ResumableSampler`, :class:`SeededSamples`).
+        max_pixels: the image loader's pixel limit (larger files are skipped as unreadable).
         **transform: :func:`build_transform` options (``interpolation``, ``crop_pct``, ``augment``, ``scale``,
             ``hflip``, ``auto_augment``, ``re_prob``).
     """
@@ -126,6 +203,8 @@ class ImageDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         workers: int = 0,
         eval_split: str = "val",
+        seed: int = 0,
+        max_pixels: float | None = MAX_PIXELS,
         **transform: Any,
     ) -> None:
         super().__init__()
@@ -136,14 +215,20 @@ class ImageDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.workers = workers
         self.eval_split = eval_split
+        self.seed = seed
+        self.max_pixels = max_pixels
         self.transform = transform
         self.datasets: dict[str, Dataset] = {}
+        self.resume = (0, 0)  # (epoch, training batches done) of an interrupted epoch, from the checkpoint
 
     def _dataset(self, split: str, train: bool) -> Dataset:
         transform = build_transform(train, self.img_size, **self.norm, **self.transform)
         if self.data == MNIST5K:
-            return MNIST5k(split, self.mode, transform)
-        return CheckedImageFolder(Path(self.data) / split, self.mode, transform)
+            dataset: Dataset = MNIST5k(split, self.mode, transform)
+        else:
+            on_error = "next" if train else "skip"  # evaluation counts each image once, readable or not
+            dataset = CheckedImageFolder(Path(self.data) / split, self.mode, transform, on_error, self.max_pixels)
+        return SeededSamples(dataset, self.seed) if train else dataset
 
     def setup(self, stage: str) -> None:
         """Build the split datasets ``stage`` needs (folders are scanned here, not at construction)."""
@@ -155,14 +240,32 @@ class ImageDataModule(pl.LightningDataModule):
         elif stage == "test":
             self.datasets["test"] = self._dataset(self.eval_split, train=False)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the epoch and how many of its training batches are done."""
+        if self.trainer is None:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return {"epoch": self.trainer.current_epoch, "train_batches_done": done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """On resume (before the loaders are built): an epoch stopped part-way goes on where it stopped."""
+        self.resume = (state_dict.get("epoch", 0), state_dict.get("train_batches_done", 0))
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
+        drop_last = shuffle and len(dataset) > self.batch_size  # no ragged last batch (mixup needs even ones)
+        sampler = None
+        if shuffle:
+            batches = len(dataset) // self.batch_size if drop_last else -(-len(dataset) // self.batch_size)
+            epoch, done = self.resume if self.resume[1] < batches else (0, 0)  # a finished epoch: the next anew
+            sampler = ResumableSampler(len(dataset), seed=self.seed, epoch=epoch, skip=done * self.batch_size)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.workers,
-            drop_last=shuffle and len(dataset) > self.batch_size,  # no ragged last batch (mixup needs even ones)
+            worker_init_fn=ignore_interrupts,
+            drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:

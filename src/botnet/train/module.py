@@ -13,10 +13,11 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from botnet.checkpoint import read_config
+from botnet.data import SKIPPED
 from botnet.models import ResNet, create_model
 from botnet.train.callbacks import PretrainedModule
 
@@ -103,6 +104,7 @@ class ImageClassifier(PretrainedModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.confusion = MulticlassConfusionMatrix(num_classes)
+        self.skipped = SumMetric()  # unreadable images met in evaluation (synchronised across devices)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> ImageClassifier:
@@ -134,22 +136,34 @@ class ImageClassifier(PretrainedModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(images))
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self.skipped.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.skipped.reset()
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        logits = self._evaluate(batch, self.test_metrics, "test")
-        self.confusion.update(logits, batch[1])
+        logits, targets = self._evaluate(batch, self.test_metrics, "test")
+        self.confusion.update(logits, targets)
 
     def _evaluate(
         self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, stage: str
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels of the readable images; unreadable ones (label ``SKIPPED``) are counted instead."""
         images, targets = batch
+        readable = targets != SKIPPED
+        self.skipped.update((~readable).sum())
+        images, targets = images[readable], targets[readable]
+        if not len(targets):
+            return images.new_zeros(0, self.model.num_classes), targets
         logits = self(images)
         self.log(f"{stage}/loss", self.eval_loss(logits, targets), sync_dist=True, batch_size=len(images))
         metrics.update(logits, targets)
         self.log_dict(metrics, prog_bar=stage == "val", batch_size=len(images))
-        return logits
+        return logits, targets
 
     def predict_step(self, batch: tuple[torch.Tensor, Any], batch_idx: int) -> tuple[torch.Tensor, Any]:
         """``(images, per-item info)`` -> ``(class probabilities (B, num_classes), the same per-item info)``; a batch

@@ -101,6 +101,8 @@ def build_data(args: argparse.Namespace, model_cfg: dict[str, Any]) -> ImageData
         std=model_cfg["std"],
         batch_size=args.batch_size,
         workers=args.workers,
+        seed=args.seed,
+        max_pixels=args.max_pixels,
         interpolation=model_cfg["interpolation"],
         crop_pct=model_cfg["crop_pct"],
         augment=args.augment,
@@ -139,7 +141,9 @@ def build_trainer(args: argparse.Namespace, callbacks: Sequence[pl.Callback] = (
             ResumableRNG(),
             SaveOnInterrupt(out),
             LearningRateMonitor(logging_interval="step"),
-            ModelCheckpoint(dirpath=out, filename="best", monitor="val/top1", mode="max", save_last=True),
+            ModelCheckpoint(dirpath=out, filename="best", monitor="val/top1", mode="max"),
+            # last.ckpt after every epoch (save_last=True would write it only when val/top1 improves)
+            ModelCheckpoint(dirpath=out, filename=LAST.removesuffix(".ckpt"), enable_version_counter=False),
             *callbacks,
         ],
     )
@@ -184,6 +188,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         workers=args.workers,
         eval_split=args.split,
+        max_pixels=args.max_pixels,
         interpolation=cfg["interpolation"],
         crop_pct=cfg["crop_pct"],
     )
@@ -195,13 +200,17 @@ def evaluate(args: argparse.Namespace) -> dict:
         enable_progress_bar=not args.json,
     )
     trainer.test(module, datamodule=datamodule, verbose=False)
+    images, skipped = int(module.confusion.compute().sum()), int(module.skipped.compute())
+    if not images:
+        raise ValueError(f"{data} {args.split}: none of its {skipped} images could be read")
     out = args.out or args.checkpoint
     figure = plot_confusion_matrix(module.confusion.cpu(), names, out / "confusion_matrix.png")
     result = {
         "checkpoint": str(args.checkpoint),
         "data": data,
         "split": args.split,
-        "images": int(module.confusion.compute().sum()),
+        "images": images,  # the readable ones: the metrics are over these
+        "skipped": skipped,  # unreadable (or above --max-pixels), left out
         "top1": float(trainer.callback_metrics["test/top1"]),
         "top5": float(trainer.callback_metrics["test/top5"]),
         "confusion_matrix": str(figure),
