@@ -21,16 +21,19 @@ manifest's per-shard counts are what exact epochs need. ``OUT`` may also be a UR
 2. rank ``r`` of ``R`` takes a contiguous slice of it: ``N // R`` samples each for training (``drop_last``: the
    ``N % R`` at the end wait for another epoch, as with ``DistributedSampler(drop_last=True)``), the balanced split
    of all ``N`` for evaluation;
-3. the slice is cut into batches, and loader worker ``w`` of ``W`` takes a contiguous run of them (the first
-   ``batches % W`` workers one more), so every worker reads its own stretch of at most a few shards sequentially;
+3. the slice is cut into batches, and the ``W`` loader workers' plans are contiguous runs of them (the first
+   ``batches % W`` plans one more), so every worker reads its own stretch of at most a few shards sequentially;
 4. a worker emits its samples in a shuffle-buffer order: a seeded permutation drawn as a buffer of ``buffer`` samples
    would draw it, so at most ``buffer`` undecoded samples are held in memory.
 
-The loader hands out the workers' batches round-robin (PyTorch's in-order delivery), so "``b`` batches of this epoch
-were consumed" tells every worker how many of its own batches to skip on resume; skipped samples are read but never
-decoded. An unreadable image is skipped and counted (a warning per loader process with the running count); in
-training batches its place is taken by another image of the batch, so batches keep their size (mixup needs even
-ones) and every rank the same number of steps.
+The loader hands out the workers' batches round-robin (PyTorch's in-order delivery), so batch ``i`` of an epoch is
+batch ``i // W`` of plan ``i % W``: "``b`` batches of this epoch were consumed" tells every worker which plan to take
+(worker 0 the one served next) and how many of its batches to skip, and a resumed epoch continues with the very
+batches an uninterrupted one would have had. Skipped samples are read but never decoded.
+
+An unreadable image is skipped and counted (a warning per loader process with the running count); in training
+batches its place is taken by another image of the batch, so batches keep their size (mixup needs even ones) and
+every rank the same number of steps.
 """
 
 from __future__ import annotations
@@ -255,20 +258,6 @@ def buffer_order(count: int, buffer: int, rng: random.Random) -> list[int]:
     return order + held
 
 
-def consumed_per_worker(batches: int, counts: list[int]) -> list[int]:
-    """How many batches each worker had delivered after the first ``batches`` of an epoch, for workers holding
-    ``counts`` batches each (non-increasing) whose batches a ``DataLoader`` delivers round-robin."""
-    done = [0] * len(counts)
-    for round_ in range(max(counts, default=0)):
-        for worker, count in enumerate(counts):
-            if batches == 0:
-                return done
-            if round_ < count:
-                done[worker] += 1
-                batches -= 1
-    return done
-
-
 @dataclass(frozen=True)
 class WorkerPlan:
     """What one worker reads in one epoch: ``segments`` of ``(shard index, first sample, stop)``, in order, holding
@@ -397,12 +386,14 @@ class ShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        plans = self.plan(self.epoch, workers)
-        plan = plans[worker]
-        done = consumed_per_worker(self.skip, [p.batches for p in plans])[worker]
+        # The loader hands out batch i of the epoch from plan i % W (module notes): after `skip` batches, plan p has
+        # delivered ceil((skip - p) / W) of its batches and plan skip % W is next, so worker 0 takes that one.
+        index = (worker + self.skip) % workers
+        plan = self.plan(self.epoch, workers)[index]
+        done = max(0, -(-(self.skip - index) // workers))
         order = list(range(plan.samples))
         if self.shuffle:
-            rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker}")
+            rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{index}")
             order = buffer_order(plan.samples, self.buffer, rng)
         todo = order[done * self.batch_size :]
         batch: list[tuple[Any, int] | None] = []

@@ -1,5 +1,6 @@
-"""``ImageDataModule``: an ImageFolder tree (``root/train/<class>``, ``root/val/<class>``) or ``mnist5k``, with
-timm / torchvision transforms, as a Lightning ``LightningDataModule``."""
+"""``ImageDataModule``: an ImageFolder tree (``root/train/<class>``, ``root/val/<class>``), WebDataset shards
+(``wds:ROOT``, :mod:`botnet.data.shards`) or ``mnist5k``, with timm / torchvision transforms, as a Lightning
+``LightningDataModule``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torchvision.datasets.folder import find_classes
 from torchvision.transforms import InterpolationMode, v2
 
 from botnet.data import MNIST5K, CheckedImageFolder, MNIST5k, channel_mode, eval_transform
+from botnet.data.shards import ShardDataset, ShardLoader, is_shards, read_manifest, shard_root
 
 AUGMENTS = ("rrc", "affine")
 
@@ -26,10 +28,26 @@ def data_defaults(data: str) -> dict[str, Any]:
     return dict(in_chans=3, augment="rrc")  # input size and crop fraction: the model's
 
 
+def resolve_data(data: str) -> str:
+    """``data`` with a local folder made absolute (``wds:`` kept, URLs and ``mnist5k`` as they are), so that a run's
+    recorded data set can be found from any working directory."""
+    if data == MNIST5K or (is_shards(data) and "://" in data):
+        return data
+    if is_shards(data):
+        return f"wds:{Path(shard_root(data)).resolve()}"
+    return str(Path(data).resolve())
+
+
 def read_class_names(data: str) -> list[str]:
-    """The class names of ``data`` (``mnist5k`` or an ImageFolder root with ``train/`` and ``val/``), checked."""
+    """The class names of ``data`` (``mnist5k``, ``wds:ROOT`` with train and val shards, or an ImageFolder root
+    with ``train/`` and ``val/``), checked."""
     if data == MNIST5K:
         return list(MNIST5k.classes)
+    if is_shards(data):
+        manifest = read_manifest(shard_root(data))
+        for split in ("train", "val"):
+            manifest.shards(split)
+        return manifest.classes
     root = Path(data)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} not found (use --data {MNIST5K} or an ImageFolder root)")
@@ -97,21 +115,25 @@ def build_transform(
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """Train / val / test loaders over ``mnist5k`` or an ImageFolder tree.
+    """Train / val / test loaders over ``mnist5k``, an ImageFolder tree or WebDataset shards.
 
     Batches are ``(images (B, C, H, W), labels (B,))``.
 
     ``test`` is the evaluation split ``eval_split`` (``val`` by default) with the evaluation transform. Under DDP
-    Lightning shards the loaders with a ``DistributedSampler``.
+    Lightning shards folder and digit loaders with a ``DistributedSampler``; shards split themselves over ranks and
+    workers, every sample once per epoch, and their training loader's position inside an epoch is saved in
+    checkpoints (:class:`~botnet.data.shards.ShardLoader`).
 
     Args:
-        data: ``"mnist5k"`` or the root of an ImageFolder tree with ``train/`` and ``val/``.
+        data: ``"mnist5k"``, ``"wds:ROOT"`` (a shard root with ``train`` and ``val`` shards) or the root of an
+            ImageFolder tree with ``train/`` and ``val/``.
         img_size: side of the square model input.
         in_chans: 1 (images converted to grayscale) or 3 (RGB).
         mean, std: normalisation, one value per channel (the model's ``pretrained_cfg``).
         batch_size: per device.
         workers: loader processes per device.
         eval_split: the split ``test`` uses.
+        seed: the shards' shuffling seed (with the epoch).
         **transform: :func:`build_transform` options (``interpolation``, ``crop_pct``, ``augment``, ``scale``,
             ``hflip``, ``auto_augment``, ``re_prob``).
     """
@@ -126,6 +148,7 @@ class ImageDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         workers: int = 0,
         eval_split: str = "val",
+        seed: int = 0,
         **transform: Any,
     ) -> None:
         super().__init__()
@@ -136,6 +159,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.workers = workers
         self.eval_split = eval_split
+        self.seed = seed
         self.transform = transform
         self.datasets: dict[str, Dataset] = {}
 
@@ -143,6 +167,18 @@ class ImageDataModule(pl.LightningDataModule):
         transform = build_transform(train, self.img_size, **self.norm, **self.transform)
         if self.data == MNIST5K:
             return MNIST5k(split, self.mode, transform)
+        if is_shards(self.data):
+            return ShardDataset(
+                shard_root(self.data),
+                split,
+                self.mode,
+                transform,
+                batch_size=self.batch_size,
+                shuffle=train,
+                drop_last=train,
+                fill=train,
+                seed=self.seed,
+            )
         return CheckedImageFolder(Path(self.data) / split, self.mode, transform)
 
     def setup(self, stage: str) -> None:
@@ -157,6 +193,9 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
+        if isinstance(dataset, ShardDataset):
+            epoch = self.trainer.current_epoch if self.trainer is not None else 0
+            return ShardLoader(dataset, num_workers=self.workers, epoch=epoch)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
