@@ -126,6 +126,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_ranks_two_workers_see_every_sample_once_per_epoch(shards: Path, tmp_path: Path) -> None:
     script = tmp_path / "ranks.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))

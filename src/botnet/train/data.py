@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,8 @@ class ImageDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
         if isinstance(dataset, ShardDataset):
+            # Lightning warns that workers may repeat an IterableDataset's samples; these split it exactly.
+            warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
             epoch = self.trainer.current_epoch if self.trainer is not None else 0
             return ShardLoader(dataset, num_workers=self.workers, epoch=epoch)
         return DataLoader(
