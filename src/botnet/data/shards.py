@@ -206,7 +206,9 @@ class Record:
     label: int
 
 
-def read_shard(location: str, start: int = 0, stop: int | None = None, want: Callable[[int], bool] | None = None):
+def read_shard(
+    location: str, start: int = 0, stop: int | None = None, want: Callable[[int], bool] | None = None
+) -> Iterator[tuple[int, Record]]:
     """Yield ``(index, Record)`` for the samples ``start <= index < stop`` of one tar shard (members grouped by key,
     WebDataset style) for which ``want(index)`` holds; the others' bytes are never read into memory (a local file is
     seeked past them). Raises ``ValueError`` for a damaged tar or one with fewer than ``stop`` samples."""
