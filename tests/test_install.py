@@ -21,6 +21,8 @@ OPTIONAL = (
     "onnx",
     "onnxruntime",
     "onnxscript",
+    "webdataset",
+    "tqdm",
 )
 # None in sys.modules makes a module unimportable (ModuleNotFoundError) and invisible to importlib.util.find_spec.
 BLOCK = f"""
@@ -66,3 +68,14 @@ def test_a_command_without_its_extra_names_the_fix() -> None:
         "botnet train: error: this command needs the [train] extra: pip install 'botnet[train]' "
         "(lightning is not installed)"
     )
+
+
+def test_pack_without_the_stream_extra_names_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "src" / "train" / "a").mkdir(parents=True)
+    result = _run(
+        "from botnet.cli import main; sys.exit(main(['data', 'pack', sys.argv[1], sys.argv[2]]))",
+        str(tmp_path / "src"),
+        str(tmp_path / "out"),
+    )
+    assert result.returncode == 1, result.stderr
+    assert "needs the [stream] extra: pip install 'botnet[stream]'" in result.stderr

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("botnet.cli.convert", "convert timm BoTNet weights into a botnet checkpoint directory"),
     "export": ("botnet.cli.export", "export a checkpoint to ONNX or TorchScript"),
     "detect": ("botnet.cli.detect", "train / evaluate / predict Mask R-CNN and Faster R-CNN on COCO data"),
+    "data": ("botnet.cli.data", "pack an ImageFolder tree into WebDataset shards for streamed training"),
 }
 # The optional packages behind each extra (pip install 'botnet[extra]'), to name the fix for an ImportError.
 EXTRAS = {
@@ -41,6 +42,8 @@ EXTRAS = {
     "onnx": "export",
     "onnxruntime": "export",
     "onnxscript": "export",
+    "webdataset": "stream",
+    "tqdm": "stream",
 }
 
 

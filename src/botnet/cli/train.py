@@ -1,4 +1,5 @@
-"""botnet train: train a registry model on mnist5k or an ImageFolder tree with Lightning (:func:`botnet.train.run.fit`).
+"""botnet train: train a registry model on mnist5k, an ImageFolder tree or WebDataset shards with Lightning
+(:func:`botnet.train.run.fit`).
 
 A run folder (--out) receives train.yaml (the resolved flags; --config it to repeat the run),
 last.ckpt / best.ckpt (Lightning checkpoints, for --resume only), model.safetensors +
@@ -66,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--data",
         default=MNIST5K,
-        help=f"'{MNIST5K}' (embedded, no download) or an ImageFolder root "
-        "with train/<class>/ and val/<class>/ (default: %(default)s)",
+        help=f"'{MNIST5K}' (embedded, no download), an ImageFolder root with train/<class>/ and val/<class>/, or "
+        "wds:ROOT, WebDataset shards made by botnet data pack (default: %(default)s)",
     )
     data.add_argument("--img-size", type=int, help="input side (default: 64 for mnist5k, else the model's)")
     data.add_argument("--in-chans", type=int, choices=(1, 3), help="1 = grayscale, 3 = RGB (default: 1 for mnist5k)")

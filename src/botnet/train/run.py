@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from botnet.checkpoint import read_config, write_json
 from botnet.cli.common import UsageError, save_config, trainer_placement
-from botnet.data import MNIST5K, ImageFiles, channel_mode, collate_readable, eval_transform, find_images
+from botnet.data import ImageFiles, channel_mode, collate_readable, eval_transform, find_images
 from botnet.train.callbacks import (
     LAST,
     AtomicCheckpointIO,
@@ -35,7 +35,7 @@ from botnet.train.callbacks import (
     SaveOnInterrupt,
     TrainingCurve,
 )
-from botnet.train.data import ImageDataModule, read_class_names
+from botnet.train.data import ImageDataModule, read_class_names, resolve_data
 from botnet.train.module import ImageClassifier
 from botnet.train.plots import plot_confusion_matrix
 
@@ -122,7 +122,7 @@ def build_trainer(args: argparse.Namespace, callbacks: Sequence[pl.Callback] = (
     if importlib.util.find_spec("tensorboard") is not None:
         loggers.append(TensorBoardLogger(out, name="tensorboard", default_hp_metric=False))
     ema = [EMAWeightAveraging(decay=args.ema_decay)] if args.ema_decay else []
-    data = args.data if args.data == MNIST5K else str(Path(args.data).resolve())  # for eval from any folder
+    data = resolve_data(args.data)  # for eval from any folder
     return pl.Trainer(
         **trainer_placement(args),
         max_epochs=args.epochs,
