@@ -26,6 +26,7 @@ from botnet.cli.train import parse_args
 from botnet.data import CheckedImageFolder, MNIST5k, load_image
 from botnet.train.callbacks import AtomicCheckpointIO
 from botnet.train.run import fit
+from conftest import CLASSES, train_argv
 
 
 def train_main(argv: list[str]) -> int:
@@ -38,67 +39,6 @@ def eval_main(argv: list[str]) -> int:
 
 def predict_main(argv: list[str]) -> int:
     return botnet_main(["predict", *argv])
-
-
-CLASSES = ("dark", "light", "striped")
-TINY_MODEL = ["--model", "botnet26", "--model-kwargs", "channels=8,16,32,64", "stem_width=8", "num_heads=2"]
-
-
-def _pattern(kind: str, rng: np.random.Generator, size: int = 40) -> np.ndarray:
-    """A ``(size, size)`` uint8 image of one class: dark, light, or horizontal stripes, plus noise."""
-    base = {"dark": np.full((size, size), 40.0), "light": np.full((size, size), 215.0)}.get(kind)
-    if base is None:
-        base = np.where((np.arange(size) // 4) % 2 == 0, 230.0, 25.0)[:, None].repeat(size, 1)
-    return np.clip(base + rng.normal(0, 20, (size, size)), 0, 255).astype(np.uint8)
-
-
-def _write(kind: str, path: Path, rng: np.random.Generator, style: int) -> None:
-    """Save one image of class ``kind``, cycling through the file kinds a real folder holds."""
-    grey = _pattern(kind, rng)
-    if style == 0:
-        Image.fromarray(grey).convert("RGB").save(path.with_suffix(".jpg"))
-    elif style == 1:
-        Image.fromarray(grey, "L").save(path.with_suffix(".png"))  # grayscale
-    elif style == 2:
-        Image.fromarray(grey).convert("RGBA").save(path.with_suffix(".png"))  # alpha
-    elif style == 3:
-        Image.fromarray(grey).convert("CMYK").save(path.with_suffix(".jpg"))  # CMYK JPEG
-    elif style == 4:
-        Image.fromarray(grey.astype(np.uint16) * 257).save(path.with_suffix(".png"))  # 16-bit
-    else:
-        Image.fromarray(grey[:8, :8]).convert("RGB").save(path.with_suffix(".bmp"))  # smaller than the crop
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``root/{train,val}/{dark,light,striped}``: 12 + 4 images per class in mixed formats, one corrupt file."""
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 12), ("val", 4)):
-        for kind in CLASSES:
-            (root / split / kind).mkdir(parents=True)
-            for i in range(count):
-                _write(kind, root / split / kind / f"{i:02d}", rng, style=i % 6)
-    (root / "train" / "dark" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    return root
-
-
-def _train_argv(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--data", str(data), "--out", str(out), *TINY_MODEL, "--img-size", "32", "--batch-size", "4",
-        "--workers", "0", "--epochs", "2", "--warmup-epochs", "0", "--lr", "3e-3", "--smoothing", "0",
-        "--augment", "rrc", "--scale", "0.5", "1", "--log-every", "1", "--no-progress", "--accelerator", "cpu",
-        "--deterministic", *extra,
-    ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def run(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two epochs, trained straight through."""
-    out = tmp_path_factory.mktemp("runs") / "straight"
-    with pytest.warns(UserWarning, match="skipped unreadable image .*corrupt.jpg"):
-        assert train_main(_train_argv(folder, out)) == 0
-    return out
 
 
 def _step_losses(out: Path) -> list[float]:
@@ -125,7 +65,7 @@ def test_resume_gives_the_same_weights(folder: Path, run: Path, tmp_path: Path) 
             trainer.should_stop = True
 
     out = tmp_path / "resumed"
-    fit(parse_args(_train_argv(folder, out)), callbacks=[StopAfterFirstEpoch()])
+    fit(parse_args(train_argv(folder, out)), callbacks=[StopAfterFirstEpoch()])
     assert torch.load(out / "last.ckpt", weights_only=False)["epoch"] == 0
     assert train_main(["--resume", str(out)]) == 0  # flags come back from the run's train.yaml
     straight, resumed = load_file(run / "model.safetensors"), load_file(out / "model.safetensors")
@@ -137,7 +77,7 @@ def test_resume_gives_the_same_weights(folder: Path, run: Path, tmp_path: Path) 
 def test_recipe_options_train_and_export_the_ema_weights(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "recipe"
     recipe = ["--ema-decay", "0.9", "--mixup", "0.2", "--cutmix", "1.0", "--opt", "lamb", "--clip-grad", "1.0"]
-    assert train_main(_train_argv(folder, out, *recipe, "--epochs", "1", "--sched", "poly")) == 0
+    assert train_main(train_argv(folder, out, *recipe, "--epochs", "1", "--sched", "poly")) == 0
     checkpoint = torch.load(out / "last.ckpt", weights_only=False)
     exported = load_file(out / "model.safetensors")
     averaged = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
@@ -154,7 +94,7 @@ def test_interrupt_leaves_a_resumable_checkpoint(folder: Path, tmp_path: Path, c
 
     out = tmp_path / "interrupted"
     with pytest.raises(SIGTERMException):
-        fit(parse_args(_train_argv(folder, out)), callbacks=[CtrlC()])
+        fit(parse_args(train_argv(folder, out)), callbacks=[CtrlC()])
     checkpoint = torch.load(out / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == 3 and not (out / "model.safetensors").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
@@ -290,10 +230,10 @@ def test_bad_data_folders_fail_with_one_line(folder: Path, tmp_path: Path, capsy
         str(empty_class): "Found no valid file for the classes dog",
     }
     for data, message in cases.items():
-        assert train_main(_train_argv(Path(data), tmp_path / "out")) == 1
+        assert train_main(train_argv(Path(data), tmp_path / "out")) == 1
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
-    assert train_main(_train_argv(folder, tmp_path / "small", "--img-size", "16")) == 2
+    assert train_main(train_argv(folder, tmp_path / "small", "--img-size", "16")) == 2
     assert "below botnet26's minimum input 32" in capsys.readouterr().err
 
 
@@ -315,7 +255,7 @@ def test_mismatched_checkpoint_is_named(run: Path, tmp_path: Path, capsys: pytes
 
 
 def test_fresh_run_refuses_to_overwrite(folder: Path, run: Path, capsys: pytest.CaptureFixture) -> None:
-    assert train_main(_train_argv(folder, run)) == 1
+    assert train_main(train_argv(folder, run)) == 1
     assert f"--resume {run}" in capsys.readouterr().err
 
 
@@ -355,7 +295,7 @@ fit(parse_args(sys.argv[2:]), callbacks=[SaveRankWeights()])
 def test_ddp_on_two_cpu_processes_keeps_ranks_equal(folder: Path, tmp_path: Path) -> None:
     script = tmp_path / "ddp_run.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
-    argv = _train_argv(folder, tmp_path / "ddp", "--devices", "2", "--strategy", "ddp", "--epochs", "1")
+    argv = train_argv(folder, tmp_path / "ddp", "--devices", "2", "--strategy", "ddp", "--epochs", "1")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, str(script), str(tmp_path), *argv], capture_output=True, text=True, timeout=240, env=env

@@ -119,6 +119,15 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 def trainer_placement(args: argparse.Namespace) -> dict[str, Any]:
     """The ``Trainer`` keyword arguments of :func:`add_hardware_args` flags."""
+    if args.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UsageError(
+            f"--accelerator {args.accelerator}: this machine has no usable CUDA GPU (torch.cuda.is_available() is "
+            "False); use --accelerator cpu (or auto)"
+        )
+    if args.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(
+            "--accelerator mps: Apple's MPS backend is not available here; use --accelerator cpu (or auto)"
+        )
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and later
     placement = dict(

@@ -85,6 +85,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--strict", action="store_true", help="annotation problems are errors, not warnings")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--out", type=Path, default=Path("runs/detect"), help="run folder")
+        add_max_pixels_arg(parser)
         add_hardware_args(parser)
         return parser
     parser.add_argument("--checkpoint", type=Path, required=True, help="run folder (or its .ckpt) of detect train")
@@ -93,6 +94,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--split", default="val")
         parser.add_argument("--batch-size", type=int, default=2)
         parser.add_argument("--results-json", type=Path, help="also write the detections in COCO results format")
+        add_max_pixels_arg(parser)
     else:
         parser.add_argument("images", type=Path, nargs="+", help="image files and/or folders")
         parser.add_argument("--out", type=Path, required=True, help="folder for the drawn PNGs")
@@ -155,6 +157,8 @@ def main(argv: list[str]) -> int:
         return 0
     if args.command == EVAL:
         result = run.evaluate(args)
+        skipped = f" ({result['skipped']} unreadable, skipped)" if result["skipped"] else ""
+        print(f"{args.data} {args.split}: {result['images']} images{skipped}")
         print(_metrics_table(result["metrics"]))
         if result["results"]:
             print(f"results: {result['results']} ({result['detections']} detections)")

@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
+
+from botnet.data import IMAGE_ERRORS, MAX_PIXELS, load_image
 
 PROBLEMS = ("unknown_category", "unknown_image", "degenerate_box", "clipped_box", "outside_image", "bad_segmentation")
 CLIP_TOLERANCE = 1.0  # px; COCO boxes often overshoot the border by a fraction of a pixel
@@ -134,12 +135,6 @@ def _check_annotation(
     return ("clipped_box" if overshoot > CLIP_TOLERANCE else None), box
 
 
-def read_rgb(path: str | Path) -> torch.Tensor:
-    """An image file as ``(3, H, W)`` uint8 RGB (PIL; torchvision.io's decoders are deprecated since 0.29)."""
-    with Image.open(path) as image:
-        return pil_to_tensor(image.convert("RGB"))
-
-
 class CocoDetection(Dataset):
     """A COCO instances json + image folder as ``(image, target)`` pairs for torchvision's R-CNNs.
 
@@ -156,6 +151,10 @@ class CocoDetection(Dataset):
         strict: raise :class:`AnnotationError` on any problem instead of a counted warning (empty images are
             valid COCO and only warned about).
         drop_empty: leave out images without usable annotations.
+        on_error: an image file that cannot be read (missing, damaged, above ``max_pixels``) is reported with a
+            running count and, with ``"next"`` (training), replaced by the next image; with ``"skip"``
+            (evaluation) the item is ``(None, target)``, so that evaluation leaves it out and counts it.
+        max_pixels: the :func:`~botnet.data.load_image` pixel limit.
     """
 
     def __init__(
@@ -166,7 +165,14 @@ class CocoDetection(Dataset):
         with_masks: bool = True,
         strict: bool = False,
         drop_empty: bool = False,
+        on_error: str = "next",
+        max_pixels: float | None = MAX_PIXELS,
     ) -> None:
+        if on_error not in ("next", "skip"):
+            raise ValueError(f"on_error must be 'next' or 'skip', not {on_error!r}")
+        self.on_error = on_error
+        self.max_pixels = max_pixels
+        self.unreadable: set[str] = set()
         self.images_dir = Path(images_dir)
         self.ann_file = Path(ann_file)
         self.transforms = transforms
@@ -216,7 +222,7 @@ class CocoDetection(Dataset):
         """The image file as ``(3, H, W)`` uint8 RGB; ``AnnotationError`` if its size disagrees with the json."""
         info = self.coco.imgs[image_id]
         path = self.images_dir / info["file_name"]
-        image = read_rgb(path)
+        image = pil_to_tensor(load_image(path, "RGB", self.max_pixels))
         if tuple(image.shape[-2:]) != (info["height"], info["width"]):
             raise AnnotationError(
                 f"{path} is {image.shape[-1]}x{image.shape[-2]} but {self.ann_file.name} says "
@@ -242,24 +248,31 @@ class CocoDetection(Dataset):
         return target
 
     def __getitem__(self, index: int) -> tuple[Any, Target]:
-        image_id = self.image_ids[index]
-        image, target = self.load_image(image_id), self.target(image_id)
+        for _ in range(len(self)):
+            image_id = self.image_ids[index]
+            try:
+                image = self.load_image(image_id)
+                break
+            except IMAGE_ERRORS as err:
+                if isinstance(err, AnnotationError):
+                    raise
+                path = str(self.images_dir / self.coco.imgs[image_id]["file_name"])
+                if path not in self.unreadable:
+                    self.unreadable.add(path)
+                    warnings.warn(
+                        f"skipped unreadable image {path} ({type(err).__name__}: {err}); "
+                        f"{len(self.unreadable)} skipped so far in this loader process",
+                        stacklevel=2,
+                    )
+                if self.on_error == "skip":
+                    return None, {"image_id": image_id}
+                index = (index + 1) % len(self)
+        else:
+            raise RuntimeError(f"no image of {self.ann_file} can be read from {self.images_dir}")
+        target = self.target(image_id)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
-
-
-class ImageFiles(Dataset):
-    """Plain image files for prediction: ``(image (3, H, W) float in [0, 1], path)``."""
-
-    def __init__(self, paths: list[str | Path]) -> None:
-        self.paths = [Path(p) for p in paths]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        return read_rgb(self.paths[index]).float().div(255), str(self.paths[index])
 
 
 def detection_transforms(train: bool) -> v2.Compose:

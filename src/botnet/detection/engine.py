@@ -18,10 +18,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from botnet import checkpoint
+from botnet.data import MAX_PIXELS
 from botnet.detection.builders import create_detector
 from botnet.detection.data import CocoDetection, collate, detection_transforms
 from botnet.detection.evaluation import CocoEvaluator
 from botnet.train.callbacks import PretrainedModule
+from botnet.train.data import ignore_interrupts
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
 
@@ -69,6 +71,7 @@ class DetectionModule(PretrainedModule):
         self.evaluator: CocoEvaluator | None = None
         self.coco_metrics: dict[str, float] = {}
         self.validated_step = -1  # global step of the latest COCO validation
+        self.skipped = 0  # unreadable images left out of the latest validation
 
     def write_pretrained(self, directory: Path, weights: dict[str, torch.Tensor], extra: dict[str, Any]) -> Path:
         """``model.safetensors`` + ``config.json`` (detector name, classes, arguments, categories, ``extra``)."""
@@ -129,11 +132,16 @@ class DetectionModule(PretrainedModule):
             raise TypeError(f"validation needs a CocoDetection dataset (for its ground truth), got {type(dataset)}")
         iou_types = ("bbox", "segm") if self.model.roi_heads.has_mask() else ("bbox",)
         self.evaluator = CocoEvaluator(dataset.coco, dataset.cat_ids, iou_types)
+        self.skipped = 0
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        images, targets = batch
+        """Score the readable images of the batch; unreadable ones (``None``) are counted in ``self.skipped``."""
+        readable = [(image, target) for image, target in zip(*batch, strict=True) if image is not None]
+        self.skipped += len(batch[0]) - len(readable)
         assert self.evaluator is not None
-        self.evaluator.update(self.model(images), [t["image_id"] for t in targets])
+        if readable:
+            images, targets = map(list, zip(*readable, strict=True))
+            self.evaluator.update(self.model(images), [t["image_id"] for t in targets])
 
     def on_validation_epoch_end(self) -> None:
         assert self.evaluator is not None
@@ -180,6 +188,8 @@ class CocoDataModule(L.LightningDataModule):
         num_workers: dataloader workers.
         with_masks: load instance masks (Mask R-CNN).
         strict: annotation problems raise instead of a counted warning.
+        max_pixels: the image loader's pixel limit. Unreadable images are replaced by the next one in training,
+            left out (and counted) in validation.
     """
 
     def __init__(
@@ -190,12 +200,13 @@ class CocoDataModule(L.LightningDataModule):
         num_workers: int = 0,
         with_masks: bool = True,
         strict: bool = False,
+        max_pixels: float | None = MAX_PIXELS,
     ) -> None:
         super().__init__()
         if train is None and val is None:
             raise ValueError("CocoDataModule needs a train or a val split")
         self.splits = {"train": train, "val": val}
-        self.options = dict(with_masks=with_masks, strict=strict)
+        self.options = dict(with_masks=with_masks, strict=strict, max_pixels=max_pixels)
         self.train_set: CocoDetection | None = None
         self.val_set: CocoDetection | None = None
         self.batch_size = batch_size
@@ -207,7 +218,9 @@ class CocoDataModule(L.LightningDataModule):
             train = self.splits["train"]
             self.train_set = CocoDetection(*train, detection_transforms(True), drop_empty=True, **self.options)
         if self.val_set is None and self.splits["val"] is not None:
-            self.val_set = CocoDetection(*self.splits["val"], detection_transforms(False), **self.options)
+            self.val_set = CocoDetection(
+                *self.splits["val"], detection_transforms(False), on_error="skip", **self.options
+            )
 
     @property
     def reference(self) -> CocoDetection:
@@ -226,6 +239,7 @@ class CocoDataModule(L.LightningDataModule):
             shuffle=shuffle,
             num_workers=self.num_workers,
             collate_fn=collate,
+            worker_init_fn=ignore_interrupts,
             persistent_workers=self.num_workers > 0,
         )
 

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from botnet.checkpoint import write_json
+from botnet.checkpoint import clean_stale_temps, write_json
 from botnet.cli.common import save_config, trainer_placement
 from botnet.data import ImageFiles, collate_readable, find_images, load_image
 from botnet.detection.data import coco_split
@@ -56,6 +56,7 @@ def fit(args: argparse.Namespace) -> tuple[pl.Trainer, DetectionModule]:
         num_workers=args.workers,
         with_masks=head == "maskrcnn",
         strict=args.strict,
+        max_pixels=args.max_pixels,
     )
     reference = data.reference
     detector_kwargs = dict(
@@ -83,6 +84,7 @@ def fit(args: argparse.Namespace) -> tuple[pl.Trainer, DetectionModule]:
         **({} if args.val_split else {"limit_val_batches": 0}),
     )
     if trainer.is_global_zero:
+        clean_stale_temps(out)  # left by a process killed mid-write
         save_config(args, out / CONFIG_NAME)
     trainer.fit(module, datamodule=data)
     if data.val_set is not None and module.validated_step != trainer.global_step:  # stopped mid-epoch
@@ -91,16 +93,24 @@ def fit(args: argparse.Namespace) -> tuple[pl.Trainer, DetectionModule]:
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """COCOeval box (and mask) AP of a run folder (or ``.ckpt``) on a split: ``{"metrics": {...}, "results":
-    path or None, "detections": count}``; with ``results_json`` the detections are written in COCO format."""
+    """COCOeval box (and mask) AP of a run folder (or ``.ckpt``) on a split, over its readable images:
+    ``{"metrics", "results" (path or None), "detections", "images", "skipped"}``; with ``results_json`` the
+    detections are written in COCO format."""
     module = DetectionModule.from_pretrained(args.checkpoint)
     with_masks = module.model.roi_heads.has_mask()
-    data = CocoDataModule(None, coco_split(args.data, args.split), batch_size=args.batch_size, with_masks=with_masks)
+    val = coco_split(args.data, args.split)
+    data = CocoDataModule(None, val, batch_size=args.batch_size, with_masks=with_masks, max_pixels=args.max_pixels)
     _trainer(args, logger=False, enable_progress_bar=False).validate(module, datamodule=data, verbose=False)
     assert module.evaluator is not None
     if args.results_json:
         write_json(args.results_json, module.evaluator.results)
-    return {"metrics": module.coco_metrics, "results": args.results_json, "detections": len(module.evaluator.results)}
+    return {
+        "metrics": module.coco_metrics,
+        "results": args.results_json,
+        "detections": len(module.evaluator.results),
+        "images": len(module.evaluator.image_ids),  # the readable ones: AP is over these
+        "skipped": module.skipped,
+    }
 
 
 def predict(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -235,6 +235,12 @@ class ResNet(nn.Module):
         )
         self.model_name = model_name
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if num_classes < 0 or in_chans < 1:
+            raise ValueError(
+                f"num_classes must be >= 0 (0: no classifier) and in_chans >= 1, got {num_classes} and {in_chans}"
+            )
+        if not (0 <= drop_rate < 1 and 0 <= drop_path_rate < 1):
+            raise ValueError(f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate} and {drop_path_rate}")
         if act_layer not in ACT_LAYERS:
             raise ValueError(f"unknown act_layer {act_layer!r}; use one of {', '.join(ACT_LAYERS)}")
         if not all(0 <= i <= 4 for i in out_indices):
@@ -408,6 +414,11 @@ class ResNet(nn.Module):
         :class:`~botnet.checkpoint.CheckpointError` for a missing, damaged or mismatched folder.
         """
         config = checkpoint.read_config(directory)
+        if config.get("task", "classification") != "classification":
+            raise checkpoint.CheckpointError(
+                f"{directory} holds a {config['task']} model ({config['architecture']}), not a classifier: load it "
+                "with botnet.detection (botnet detect eval / predict)"
+            )
         if "model_args" in config:
             kwargs = dict(config["model_args"])
         else:

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor,
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from botnet.checkpoint import read_config, write_json
+from botnet.checkpoint import CheckpointError, clean_stale_temps, jsonable, read_checkpoint, read_config, write_json
 from botnet.cli.common import UsageError, save_config, trainer_placement
 from botnet.data import ImageFiles, channel_mode, collate_readable, eval_transform, find_images
 from botnet.train.callbacks import (
@@ -158,12 +158,58 @@ def fit(args: argparse.Namespace, callbacks: Sequence[pl.Callback] = ()) -> pl.T
         )
     pl.seed_everything(args.seed, workers=True, verbose=False)
     module = build_module(args, read_class_names(args.data))
+    if args.checkpoint is not None:
+        check_resume(args.checkpoint, module)  # before anything in the run folder is written
     data = build_data(args, module.model.pretrained_cfg)
     trainer = build_trainer(args, callbacks)
     if trainer.is_global_zero:
+        clean_stale_temps(out)  # left by a process killed mid-write
         save_config(args, out / CONFIG_NAME, leave_out=RUN_ONLY)
     trainer.fit(module, datamodule=data, ckpt_path=args.checkpoint)
     return trainer
+
+
+# What a resumed checkpoint must share with the run the flags describe: hyperparameter -> the flag that sets it.
+RESUME_FIELDS = {
+    "model_name": "--model",
+    "num_classes": "--data (its classes)",
+    "class_names": "--data (its classes)",
+    "in_chans": "--in-chans",
+    "model_kwargs": "--model-kwargs / --img-size",
+}
+
+
+def check_resume(path: Path, module: ImageClassifier) -> None:
+    """Refuse to resume ``path`` into ``module`` when the checkpoint is unreadable or was trained as another
+    model: one line naming the differing field, or the newest intact checkpoint of the run folder to use instead."""
+    try:
+        saved = read_checkpoint(path).get("hyper_parameters", {})
+    except CheckpointError as err:
+        intact = [p for p in _checkpoints_newest_first(path.parent) if p != path and _readable(p)]
+        offer = f"; its newest intact checkpoint is {intact[0]}: --resume {intact[0]}" if intact else ""
+        raise CheckpointError(f"--resume: {err}{offer}") from None
+    own = dict(module.hparams)
+    for field, flag in RESUME_FIELDS.items():
+        theirs, ours = saved.get(field), own.get(field)
+        if field == "model_kwargs":
+            theirs, ours = jsonable(theirs or {}), jsonable(ours or {})
+        if theirs is not None and theirs != ours:
+            raise UsageError(
+                f"--resume {path} was trained with {field}={theirs!r}, this run has {ours!r} ({flag}): "
+                "drop the differing flags to continue it, or start a new run with another --out"
+            )
+
+
+def _checkpoints_newest_first(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _readable(path: Path) -> bool:
+    try:
+        read_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
 
 
 def evaluate(args: argparse.Namespace) -> dict:

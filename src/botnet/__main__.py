@@ -1,0 +1,7 @@
+"""``python -m botnet``: the ``botnet`` command."""
+
+import sys
+
+from botnet.cli import main
+
+sys.exit(main())
