@@ -208,3 +208,13 @@ def test_stale_temp_files_are_removed_at_the_next_start(folder: Path, tmp_path: 
     stale.write_bytes(b"half a checkpoint")
     assert main(["train", *train_argv(folder, out), "--epochs", "1"]) == 0
     assert not stale.exists() and (out / "last.ckpt").is_file()
+
+
+def test_resume_last_falls_back_to_the_newest_intact_checkpoint(run: Path, tmp_path: Path) -> None:
+    """A requeued job (``--resume last``) whose last.ckpt was torn goes on from the newest intact one, warning."""
+    from botnet.cli import main
+
+    copy = _torn_last(tmp_path, run)
+    with pytest.warns(UserWarning, match=r"--resume last: .*last\.ckpt cannot be read.*resuming from .*best\.ckpt"):
+        assert main(["train", "--resume", "last", "--out", str(copy)]) == 0
+    assert (copy / "model.safetensors").is_file()

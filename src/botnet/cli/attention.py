@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from botnet.checkpoint import read_config
-from botnet.cli.common import FAILED, UsageError, add_max_pixels_arg
+from botnet.cli.common import FAILED, ArgumentParser, UsageError, add_max_pixels_arg, positive_int
 from botnet.data import IMAGE_ERRORS, load_image, preprocess
 from botnet.models import ResNet
 from botnet.viz.explorer import write_explorer
@@ -35,14 +35,14 @@ def parse_query(text: str) -> Query:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    parser = ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="directory with config.json + model.safetensors")
     parser.add_argument("--image", required=True, nargs="+", help="image file(s), any size, gray or colour")
     parser.add_argument("--block", help="MHSA layer name, e.g. layer4.2.conv2 (default: the last one)")
     parser.add_argument("--query", default="center", help="y,x (pixels of the image file), center, grid or all")
-    parser.add_argument("--grid-points", type=int, default=3, help="queries per side for --query grid")
+    parser.add_argument("--grid-points", type=positive_int, default=3, help="queries per side for --query grid")
     parser.add_argument("--native-size", action="store_true", help="feed the image at its own size, not resized")
-    parser.add_argument("--dpi", type=int, default=100, help="PNG resolution")
+    parser.add_argument("--dpi", type=positive_int, default=100, help="PNG resolution")
     parser.add_argument("--out", type=Path, help="folder for the PNG files")
     parser.add_argument(
         "--html",

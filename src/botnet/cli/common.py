@@ -10,7 +10,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -24,6 +24,37 @@ PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true
 
 class UsageError(ValueError):
     """A flag value the command cannot use (exit code 2, like argparse's own errors)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line (``prog: error: ... (prog --help lists the options)``,
+    exit 2) instead of the usage block and the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (batch sizes, epochs, counts)."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def count(text: str) -> int:
+    """argparse type: an integer >= 0 (loader workers, threads)."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
 def key_value(text: str) -> tuple[str, Any]:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from botnet.checkpoint import read_weights
+from botnet.cli.common import ArgumentParser
 from botnet.convert import from_timm
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="botnet convert", description=__doc__)
+    parser = ArgumentParser(prog="botnet convert", description=__doc__)
     parser.add_argument(
         "--from-timm",
         required=True,

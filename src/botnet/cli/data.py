@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from botnet.cli.common import UsageError
+from botnet.cli.common import ArgumentParser, UsageError
 from botnet.data.shards import SPLITS, pack_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="botnet data", description=__doc__)
+    parser = ArgumentParser(prog="botnet data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     pack = commands.add_parser(
         "pack",

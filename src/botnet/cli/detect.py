@@ -19,12 +19,15 @@ from pathlib import Path
 import torch
 
 from botnet.cli.common import (
+    ArgumentParser,
     ParseKwargs,
     UsageError,
     add_config_arg,
     add_hardware_args,
     add_max_pixels_arg,
+    count,
     parse_layered,
+    positive_int,
     quiet_lightning,
 )
 from botnet.detection.builders import list_detectors
@@ -47,8 +50,10 @@ def _detector_name(text: str) -> str:
 
 def build_parser(command: str) -> argparse.ArgumentParser:
     """The parser of one subcommand (``botnet detect <command> --help``)."""
-    parser = argparse.ArgumentParser(prog=f"{PROG} {command}", description=SUBCOMMANDS[command])
-    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a loaded shared machine)")
+    parser = ArgumentParser(prog=f"{PROG} {command}", description=SUBCOMMANDS[command])
+    parser.add_argument(
+        "--threads", type=positive_int, help="torch CPU threads (1 is fastest on a loaded shared machine)"
+    )
     if command == MAKE_DEMO:
         parser.add_argument("--out", type=Path, required=True, help="folder for ROOT/{train,val}, ROOT/annotations")
         parser.add_argument("--train", type=int, default=64, help="training images")
@@ -62,7 +67,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--train-split", default="train")
         parser.add_argument("--val-split", default="val", help="'' for no validation")
         parser.add_argument("--model", type=_detector_name, default="maskrcnn_botnet50_fpn")
-        parser.add_argument("--image-size", type=int, default=1024, help="long side the detector resizes images to")
+        parser.add_argument(
+            "--image-size", type=positive_int, default=1024, help="long side the detector resizes images to"
+        )
         parser.add_argument(
             "--backbone-arg",
             action=ParseKwargs,
@@ -70,18 +77,18 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="botnet.create_model override, repeatable, e.g. channels=(16,32,64,128)",
         )
-        parser.add_argument("--fpn-channels", type=int, default=256)
+        parser.add_argument("--fpn-channels", type=positive_int, default=256)
         parser.add_argument(
             "--backbone-weights", type=Path, help="classifier weights to start the backbone from (file or run folder)"
         )
         parser.add_argument("--frozen-bn", action="store_true", help="FrozenBatchNorm2d in the backbone")
         parser.add_argument("--trainable-layers", type=int, default=5, choices=range(6))
-        parser.add_argument("--epochs", type=int, default=12)
+        parser.add_argument("--epochs", type=positive_int, default=12)
         parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
-        parser.add_argument("--batch-size", type=int, default=2)
+        parser.add_argument("--batch-size", type=positive_int, default=2)
         parser.add_argument("--lr", type=float, default=0.02)
         parser.add_argument("--warmup-steps", type=int, default=100)
-        parser.add_argument("--workers", type=int, default=0, help="dataloader workers")
+        parser.add_argument("--workers", type=count, default=0, help="dataloader workers")
         parser.add_argument("--strict", action="store_true", help="annotation problems are errors, not warnings")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--out", type=Path, default=Path("runs/detect"), help="run folder")
@@ -92,7 +99,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     if command == EVAL:
         parser.add_argument("--data", type=Path, required=True)
         parser.add_argument("--split", default="val")
-        parser.add_argument("--batch-size", type=int, default=2)
+        parser.add_argument("--batch-size", type=positive_int, default=2)
         parser.add_argument("--results-json", type=Path, help="also write the detections in COCO results format")
         add_max_pixels_arg(parser)
     else:
@@ -123,7 +130,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = build_parser(argv[0])
     args = parse_layered(parser, argv[1:])
     args.command = argv[0]
-    for flag in ("batch_size", "epochs", "image_size"):
+    for flag in ("batch_size", "epochs", "image_size"):  # also when they come from --config
         if getattr(args, flag, 1) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
     return args

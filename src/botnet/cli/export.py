@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from botnet.cli.common import ArgumentParser
 from botnet.export import EXPORTERS, example_input, export_onnx, export_torchscript, onnx_max_error
 from botnet.models import ResNet
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="botnet export", description=__doc__)
+    parser = ArgumentParser(prog="botnet export", description=__doc__)
     parser.add_argument("--checkpoint", required=True, metavar="DIR", help="directory written by save_pretrained")
     parser.add_argument("--format", required=True, choices=("onnx", "torchscript"))
     parser.add_argument("--out", required=True, metavar="FILE")

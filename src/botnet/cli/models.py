@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 
+from botnet.cli.common import ArgumentParser
 from botnet.models import create_model, get_model_cfg, list_models
 from botnet.summary import markdown_table
 
@@ -20,7 +19,7 @@ def _photo(name: str) -> np.ndarray:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="botnet models", description=__doc__)
+    parser = ArgumentParser(prog="botnet models", description=__doc__)
     parser.add_argument("--pattern", default="*", help="shell-style filter on model names")
     parser.add_argument("--image", help="run each model (random weights) on this skimage.data photo, e.g. chelsea")
     args = parser.parse_args(argv)

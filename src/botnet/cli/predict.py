@@ -9,19 +9,27 @@ from __future__ import annotations
 import argparse
 import json
 
-from botnet.cli.common import add_checkpoint_arg, add_hardware_args, add_max_pixels_arg, quiet_lightning
+from botnet.cli.common import (
+    ArgumentParser,
+    add_checkpoint_arg,
+    add_hardware_args,
+    add_max_pixels_arg,
+    count,
+    positive_int,
+    quiet_lightning,
+)
 from botnet.train.run import predict
 
 PROG = "botnet predict"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    parser = ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
     add_checkpoint_arg(parser)
-    parser.add_argument("--topk", type=int, default=5, help="classes per image (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=0, help="loader processes (default: %(default)s)")
+    parser.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="(default: %(default)s)")
+    parser.add_argument("--workers", type=count, default=0, help="loader processes (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of one line per image")
     add_max_pixels_arg(parser)
     add_hardware_args(parser, distributed=False)
@@ -30,8 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.topk < 1:
-        build_parser().error("--topk must be at least 1")
     quiet_lightning()
     results = predict(args)
     if args.json:

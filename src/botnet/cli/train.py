@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from botnet.cli.common import (
     INTERRUPTED,
+    ArgumentParser,
     ParseKwargs,
     add_config_arg,
     add_hardware_args,
@@ -42,7 +43,7 @@ def _usable_cpus() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -158,8 +158,8 @@ def fit(args: argparse.Namespace, callbacks: Sequence[pl.Callback] = ()) -> pl.T
         )
     pl.seed_everything(args.seed, workers=True, verbose=False)
     module = build_module(args, read_class_names(args.data))
-    if args.checkpoint is not None:
-        check_resume(args.checkpoint, module)  # before anything in the run folder is written
+    if args.checkpoint is not None:  # checked before anything in the run folder is written
+        args.checkpoint = check_resume(args.checkpoint, module, fallback=getattr(args, "resume", None) == "last")
     data = build_data(args, module.model.pretrained_cfg)
     trainer = build_trainer(args, callbacks)
     if trainer.is_global_zero:
@@ -179,13 +179,19 @@ RESUME_FIELDS = {
 }
 
 
-def check_resume(path: Path, module: ImageClassifier) -> None:
-    """Refuse to resume ``path`` into ``module`` when the checkpoint is unreadable or was trained as another
-    model: one line naming the differing field, or the newest intact checkpoint of the run folder to use instead."""
+def check_resume(path: Path, module: ImageClassifier, fallback: bool = False) -> Path:
+    """The checkpoint to resume ``module`` from: ``path``, checked to be readable and trained as the same model
+    (else one line naming the differing field). An unreadable one names the newest intact checkpoint of its run
+    folder, which ``fallback`` (``--resume last``: a requeued job) uses instead, with a warning."""
     try:
         saved = read_checkpoint(path).get("hyper_parameters", {})
     except CheckpointError as err:
         intact = [p for p in _checkpoints_newest_first(path.parent) if p != path and _readable(p)]
+        if fallback and intact:
+            warnings.warn(
+                f"--resume last: {err}; resuming from {intact[0]}, the newest intact checkpoint", stacklevel=2
+            )
+            return check_resume(intact[0], module)
         offer = f"; its newest intact checkpoint is {intact[0]}: --resume {intact[0]}" if intact else ""
         raise CheckpointError(f"--resume: {err}{offer}") from None
     own = dict(module.hparams)
@@ -198,6 +204,7 @@ def check_resume(path: Path, module: ImageClassifier) -> None:
                 f"--resume {path} was trained with {field}={theirs!r}, this run has {ours!r} ({flag}): "
                 "drop the differing flags to continue it, or start a new run with another --out"
             )
+    return path
 
 
 def _checkpoints_newest_first(folder: Path) -> list[Path]:
