@@ -2,7 +2,7 @@
 
 from botnet import layers
 from botnet.hub import from_pretrained, load_config, save_pretrained
-from botnet.layers import MHSA2d, capture_attention
+from botnet.layers import MHSA2d, capture_attention, set_attn_impl
 from botnet.models import ModelCfg, ResNet, create_model, get_model_cfg, list_models, register_model
 
 __version__ = "0.1.0"
@@ -20,5 +20,6 @@ __all__ = [
     "list_models",
     "register_model",
     "save_pretrained",
+    "set_attn_impl",
     "__version__",
 ]
