@@ -95,6 +95,7 @@ def build_attention(spec: str, dim: int, size: int, heads: int, dim_head: int) -
 def model_step(model: nn.Module, x: torch.Tensor, setup: Setup, backward: bool) -> Callable[[], None]:
     """One forward pass (eval, inference mode) or one training step without the optimiser."""
     labels = torch.randint(0, 1000, (x.shape[0],), device=x.device)
+    x = x.contiguous(memory_format=setup.memory_format)
 
     def forward() -> None:
         model.eval()
@@ -116,7 +117,7 @@ def build_models(specs: list[str], img_size: int, setup: Setup) -> dict[str, nn.
     models = {}
     for spec in specs:
         try:
-            model = build_model(spec, img_size).to(setup.device)
+            model = build_model(spec, img_size).to(setup.device, memory_format=setup.memory_format)
         except PeerUnavailable as err:
             print(f"skipping {spec}: {err}", file=sys.stderr)
             continue
