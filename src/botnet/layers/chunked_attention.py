@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 # Work-buffer budget per call, in elements of one (G, c, N) chunk buffer. Measured at 64x64 tokens, 4 heads, d=128,
-# fp32, fwd+bwd, 2 threads on this shared 2-core CPU under load from other processes (attention_memory.py
-# --layers botnet:explicit botnet:chunked --sizes 64 --chunk-elements E): 2^18 elements (16 rows) 4.01x explicit's
+# fp32, fwd+bwd, 2 threads on this shared 2-core CPU under load from other processes
+# (benchmarks/results/attention_memory-cpu-fp32-chunk<E>.md): 2^18 elements (16 rows) 4.01x explicit's
 # time, 2^20 (64 rows) 3.44x, 2^22 (256 rows) 1.57x, at 0.13x / 0.13x / 0.16x its peak. Under contention each op
 # costs milliseconds, so fewer, larger chunks win; 2^21 (8 MiB in fp32; 128 rows at 64x64, 512 at 32x32) keeps
 # two chunks or more at 32x32 tokens, so the buffers stay well under one N x N matrix there.
