@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
+import botnet
 from common import Column, Setup, add_common_args, save_figure, write_report
-from peers import build_model, set_fused
+from peers import build_model
 
 
 def train(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, setup: Setup, steps: int) -> list[dict[str, Any]]:
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     batch = args.batch or (4 if args.quick else 16)
     torch.manual_seed(0)
     fused = build_model(args.model, size).to(setup.device)
-    explicit = set_fused(copy.deepcopy(fused), False)
+    explicit = copy.deepcopy(fused)
+    botnet.set_attn_impl(explicit, "explicit")
     x = torch.randn(batch, 3, size, size, device=setup.device)
     labels = torch.randint(0, 1000, (batch,), device=setup.device)
     sections, notes = [], []

@@ -40,6 +40,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=DTYPES, default="fp32", help="compute dtype; bf16/fp16 run under torch.autocast"
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile every model first")
+    parser.add_argument("--channels-last", action="store_true", help="models and inputs in channels_last layout")
     parser.add_argument("--quick", action="store_true", help="a small sweep that finishes in minutes on a CPU")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the .md/.csv/.png files go")
@@ -57,6 +58,7 @@ class Setup:
     quick: bool
     out: Path
     suffix: str = ""
+    channels_last: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Setup:
@@ -65,16 +67,24 @@ class Setup:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device is visible to torch")
-        return cls(device, DTYPES[args.dtype], args.dtype, args.compile, args.quick, args.out, args.suffix)
+        return cls(
+            device, DTYPES[args.dtype], args.dtype, args.compile, args.quick, args.out, args.suffix, args.channels_last
+        )
 
     @property
     def tag(self) -> str:
         """File-name tag: device, dtype and the modifiers, e.g. ``cuda-bf16-compile``."""
         parts = [self.device.type, self.dtype_name]
         parts += ["compile"] if self.compile else []
+        parts += ["cl"] if self.channels_last else []
         parts += ["quick"] if self.quick else []
         parts += [self.suffix] if self.suffix else []
         return "-".join(parts)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """``torch.channels_last`` with ``--channels-last``, else ``torch.contiguous_format``."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def autocast(self) -> AbstractContextManager[Any]:
         """``torch.autocast`` to the chosen dtype; a no-op for fp32."""
@@ -107,6 +117,7 @@ def machine_info(setup: Setup) -> dict[str, str]:
         "device": "cpu",
         "dtype": setup.dtype_name + (" (autocast)" if setup.dtype != torch.float32 else ""),
         "compile": str(setup.compile),
+        "channels_last": str(setup.channels_last),
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }

@@ -2,9 +2,9 @@
 
 The paper's COCO setting: a 1024x1024 image, where the first c5 block attends over 64x64 = 4096 tokens (its
 N x N logits are 4 heads x 4096^2 floats = 256 MiB per copy) and the other two over 32x32. Measured for the
-fused attention path (SDPA with the relative logits folded in) and the explicit path (``fused_attn = False``
-on every ``MHSA2d``), for a training step (forward, backward, SGD step) and an inference pass; a ResNet-50 FPN
-Mask R-CNN gives the baseline.
+fused attention path (``attn_impl="sdpa"``: SDPA with the relative logits folded in) and the explicit path
+(``attn_impl="explicit"``, set on every ``MHSA2d`` by :func:`botnet.set_attn_impl`), for a training step
+(forward, backward, SGD step) and an inference pass; a ResNet-50 FPN Mask R-CNN gives the baseline.
 
 Each model and mode runs in its own process; inside it the two attention paths alternate step by step (the
 order flips every round) so that both see the same load from other processes, and "time vs fused" is the
@@ -89,8 +89,7 @@ def measure(model_name: str, mode: str, size: int, warmup: int, iters: int) -> l
     libc = ctypes.CDLL("libc.so.6")
 
     def step(path: str) -> None:
-        for layer in layers:
-            layer.fused_attn = path == "fused"
+        botnet.set_attn_impl(model, "sdpa" if path == "fused" else "explicit")
         if mode == "train":
             losses = model([image], [target])
             sum(losses.values()).backward()

@@ -1,7 +1,7 @@
 """The models and attention layers the benchmarks compare, named ``source:name[:variant]``.
 
-* ``botnet:<registered name>`` — this library (``botnet.list_models()``); variant ``explicit`` turns every
-  ``MHSA2d`` to its explicit path (``fused_attn = False``), the default is the fused path.
+* ``botnet:<registered name>[:<attn_impl>]`` — this library (``botnet.list_models()``); the variant sets every
+  ``MHSA2d``'s ``attn_impl`` (``explicit``, ``sdpa``, ``chunked``, ``flex``; default ``auto``).
 * ``torchvision:<name>`` — ``torchvision.models``; ``torchvision:resnet50`` is the baseline of every ratio.
 * ``timm:<name>`` — ``timm.create_model`` (optional), built for the benchmark's input size.
 * ``lucidrains:bot50`` — lucidrains' ``bottleneck-transformer-pytorch`` (optional): its ``BottleStack`` as
@@ -38,13 +38,6 @@ def _optional(module: str, pip_name: str) -> ModuleType:
         raise PeerUnavailable(f"{module} is not installed (pip install {pip_name})") from None
 
 
-def set_fused(model: nn.Module, fused: bool) -> nn.Module:
-    """Choose the fused or explicit path on every ``MHSA2d`` of ``model``; returns ``model``."""
-    for layer in botnet.layers.attention_layers(model).values():
-        layer.fused_attn = fused
-    return model
-
-
 def _lucidrains_bot50(img_size: int) -> nn.Module:
     bottleneck = _optional("bottleneck_transformer_pytorch", "bottleneck-transformer-pytorch")
     torchvision = _optional("torchvision", "torchvision")
@@ -61,10 +54,10 @@ def build_model(spec: str, img_size: int) -> nn.Module:
     """A freshly initialised classifier for ``img_size`` x ``img_size`` input, named as in the module doc."""
     source, _, rest = spec.partition(":")
     name, _, variant = rest.partition(":")
-    if variant and (source, variant) != ("botnet", "explicit"):
-        raise ValueError(f"{spec!r}: only botnet models have a variant (':explicit')")
+    if variant and (source != "botnet" or variant not in botnet.layers.ATTN_IMPLS):
+        raise ValueError(f"{spec!r}: only botnet models have a variant, one of {', '.join(botnet.layers.ATTN_IMPLS)}")
     if source == "botnet":
-        return set_fused(botnet.create_model(name, img_size=img_size), variant != "explicit")
+        return botnet.create_model(name, img_size=img_size, attn_impl=variant or "auto")
     if source == "torchvision":
         return getattr(_optional("torchvision.models", "torchvision"), name)()
     if source == "timm":
@@ -75,20 +68,20 @@ def build_model(spec: str, img_size: int) -> nn.Module:
     if spec == "lucidrains:bot50":
         return _lucidrains_bot50(img_size)
     raise ValueError(
-        f"unknown model {spec!r}: use botnet:NAME[:explicit], torchvision:NAME, timm:NAME or lucidrains:bot50"
+        f"unknown model {spec!r}: use botnet:NAME[:ATTN_IMPL], torchvision:NAME, timm:NAME or lucidrains:bot50"
     )
 
 
 def build_attention(spec: str, dim: int, size: int, heads: int, dim_head: int) -> nn.Module:
     """One attention layer over a ``size`` x ``size`` map of ``dim`` channels: ``(B, dim, s, s) -> (B, h*d, s, s)``.
 
-    ``botnet:fused`` / ``botnet:explicit`` (``MHSA2d``), ``timm:BottleneckAttn``, ``lucidrains:Attention``; all
-    with relative position logits and no bias, as in BoT50's c5.
+    ``botnet:<attn_impl>`` (``MHSA2d`` with that ``attn_impl``: ``auto``, ``explicit``, ``sdpa``, ``chunked``,
+    ``flex``), ``timm:BottleneckAttn``, ``lucidrains:Attention``; all with relative position logits and no bias,
+    as in BoT50's c5.
     """
-    if spec in ("botnet:fused", "botnet:explicit"):
-        layer = botnet.MHSA2d(dim, num_heads=heads, dim_head=dim_head, feat_size=size)
-        layer.fused_attn = spec == "botnet:fused"
-        return layer
+    source, _, impl = spec.partition(":")
+    if source == "botnet" and impl in botnet.layers.ATTN_IMPLS:
+        return botnet.MHSA2d(dim, num_heads=heads, dim_head=dim_head, feat_size=size, attn_impl=impl)
     if spec == "timm:BottleneckAttn":
         attn = _optional("timm.layers.bottleneck_attn", "timm")
         return attn.BottleneckAttn(dim, heads * dim_head, feat_size=(size, size), num_heads=heads)
@@ -102,6 +95,7 @@ def build_attention(spec: str, dim: int, size: int, heads: int, dim_head: int) -
 def model_step(model: nn.Module, x: torch.Tensor, setup: Setup, backward: bool) -> Callable[[], None]:
     """One forward pass (eval, inference mode) or one training step without the optimiser."""
     labels = torch.randint(0, 1000, (x.shape[0],), device=x.device)
+    x = x.contiguous(memory_format=setup.memory_format)
 
     def forward() -> None:
         model.eval()
@@ -123,7 +117,7 @@ def build_models(specs: list[str], img_size: int, setup: Setup) -> dict[str, nn.
     models = {}
     for spec in specs:
         try:
-            model = build_model(spec, img_size).to(setup.device)
+            model = build_model(spec, img_size).to(setup.device, memory_format=setup.memory_format)
         except PeerUnavailable as err:
             print(f"skipping {spec}: {err}", file=sys.stderr)
             continue

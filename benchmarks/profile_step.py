@@ -2,7 +2,9 @@
 
 Per model: wall time of a profiled step, the operators dispatched from Python (each costs host time on any
 device) and, on CUDA, the kernels launched and the time the GPU spent in them (busy / wall = how much of the
-step the GPU had work). Then the operators that took the most time (self time; device time on CUDA).
+step the GPU had work). Then the operators that took the most time (self time; device time on CUDA), and the
+aten operators one ``MHSA2d`` call dispatches (BoT50's c5 layer, 512 channels, 4 heads x 128, at the first c5
+block's map, ``size / 16``) for each attention implementation, forward and forward+backward.
 
     python benchmarks/profile_step.py --quick --threads 1
     python benchmarks/profile_step.py --device cuda --dtype bf16 --batch 16
@@ -17,6 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from torch.profiler import ProfilerActivity, profile
 
+import botnet
 from common import Column, Setup, add_common_args, save_figure, write_report
 from peers import BASELINE, build_models, model_step
 
@@ -54,6 +57,41 @@ def profile_model(step: Any, setup: Setup, steps: int) -> tuple[dict[str, Any], 
         for a in averages[:12]
     ]
     return row, top
+
+
+def aten_ops(fn: Any) -> int:
+    """How many aten operators one call of ``fn`` dispatches (nested ones counted too, as in the summary)."""
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.profiler.kineto_results.events() if e.name().startswith("aten::"))
+
+
+def mhsa_op_counts(size: int, setup: Setup) -> list[dict[str, Any]]:
+    """Aten operators per ``MHSA2d`` call, by implementation (``auto``'s choice named), at a ``size x size`` map."""
+    layer = botnet.MHSA2d(512, num_heads=4, dim_head=128, feat_size=size).to(setup.device)
+    x = torch.randn(1, 512, size, size, device=setup.device, requires_grad=True)
+    rows = []
+    trainable = [impl for impl in botnet.layers.ATTN_IMPLS if impl != "flex" or setup.device.type == "cuda"]
+    for impl in trainable:
+        layer.attn_impl = impl
+
+        def forward() -> None:
+            with torch.no_grad(), setup.autocast():
+                layer(x)
+
+        def forward_backward() -> None:
+            with setup.autocast():
+                out = layer(x)
+            out.float().sum().backward()
+
+        with setup.autocast():
+            picks = layer.resolve_impl(x)
+        name = f"auto ({picks})" if impl == "auto" else impl
+        rows.append(
+            dict(impl=name, tokens=f"{size}×{size}", fwd_ops=aten_ops(forward), step_ops=aten_ops(forward_backward))
+        )
+    return rows
 
 
 def plot(rows: list[dict[str, Any]]) -> Figure:
@@ -102,8 +140,17 @@ def main(argv: list[str] | None = None) -> None:
         Column("gpu_busy_ms", "GPU busy ms / step", "{:.1f}"),
         Column("busy_fraction", "GPU busy ÷ wall", "{:.0%}"),
     ]
+    mhsa_columns = [
+        Column("impl", "attn_impl"),
+        Column("tokens", "tokens"),
+        Column("fwd_ops", "aten ops, forward", "{:.0f}"),
+        Column("step_ops", "aten ops, fwd+bwd", "{:.0f}"),
+    ]
+    mhsa = ("aten operators per MHSA2d call (512 channels, 4 heads × 128)", mhsa_op_counts(args.size // 16, setup))
     title = f"Profile of a training step (fwd+bwd), {args.size}×{args.size}, batch {batch}, {steps} steps"
-    stem = write_report("profile_step", setup, title, [("summary", rows, columns), *sections], argv)
+    stem = write_report(
+        "profile_step", setup, title, [("summary", rows, columns), (*mhsa, mhsa_columns), *sections], argv
+    )
     save_figure(plot(rows), stem)
 
 

@@ -9,6 +9,12 @@ gradients reset to ``None``, cross-entropy on random labels, ``backward``). Weig
     python benchmarks/throughput.py --quick                          # CPU: 256 px, batch 4, 5 models
     python benchmarks/throughput.py --device cuda --dtype bf16        # the full sweep of the issue
     python benchmarks/throughput.py --sizes 256 --batch-sizes 8 --reps 7 --threads 1
+    python benchmarks/throughput.py --channels-last ...               # models and inputs in channels_last
+
+A caching allocator avoids glibc faulting in fresh pages for every large activation (Debian:
+``apt-get install libtcmalloc-minimal4``):
+
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python benchmarks/throughput.py ...
 """
 
 from __future__ import annotations

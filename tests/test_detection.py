@@ -168,14 +168,13 @@ def test_mask_rcnn_train_losses_and_eval_outputs(size: tuple[int, int]) -> None:
         assert ((out["masks"] >= 0) & (out["masks"] <= 1)).all()
 
 
-def test_faster_rcnn_has_no_masks_and_fused_equals_explicit_attention() -> None:
+def test_faster_rcnn_has_no_masks_and_sdpa_equals_explicit_attention() -> None:
     model = create_detector("fasterrcnn_botnet26_fpn", num_classes=3, image_size=128, box_score_thresh=0.0, **FAST)
     images = [torch.rand(3, 128, 96)]
     with torch.no_grad():
+        botnet.set_attn_impl(model, "sdpa")
         fused = model.eval()(images)[0]
-        for layer in model.modules():
-            if isinstance(layer, botnet.MHSA2d):
-                layer.fused_attn = False
+        botnet.set_attn_impl(model, "explicit")
         explicit = model(images)[0]
     assert "masks" not in fused and len(fused["boxes"]) > 0
     torch.testing.assert_close(fused["scores"], explicit["scores"], rtol=1e-4, atol=1e-5)

@@ -43,7 +43,7 @@ def test_onnx_dynamic_batch_and_any_size(model: nn.Module, tmp_path: Path) -> No
     path = export_onnx(model, tmp_path / "m.onnx", dynamic=True)
     for batch, height, width in SIZES:
         assert onnx_max_error(model, path, torch.randn(batch, 3, height, width)) < 1e-5
-    assert all(layer.fused_attn for layer in botnet.layers.attention_layers(model).values())  # restored
+    assert all(layer.attn_impl == "auto" for layer in botnet.layers.attention_layers(model).values())  # restored
 
 
 def test_onnx_without_dynamic_fixes_height_and_width(model: nn.Module, tmp_path: Path) -> None:

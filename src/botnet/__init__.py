@@ -3,7 +3,7 @@
 from botnet import layers
 from botnet.checkpoint import CheckpointError
 from botnet.checkpoint import read_config as load_config
-from botnet.layers import MHSA2d, capture_attention
+from botnet.layers import MHSA2d, capture_attention, set_attn_impl
 from botnet.models import ModelCfg, ResNet, create_model, get_model_cfg, list_models, register_model
 
 from_pretrained = ResNet.from_pretrained  # botnet.from_pretrained(dir, **overrides) -> ResNet
@@ -25,5 +25,6 @@ __all__ = [
     "list_models",
     "register_model",
     "save_pretrained",
+    "set_attn_impl",
     "__version__",
 ]

@@ -11,7 +11,8 @@ What each exporter gives (PyTorch 2.14, checked by ``tests/test_export.py``):
 * ``torch.export``: dynamic batch and height / width in multiples of the output stride.
 
 ONNX graphs use MHSA's explicit path (MatMul + Softmax): with dynamic shapes the dynamo exporter mistranslates
-the fused path's augmented ``scaled_dot_product_attention`` (shape errors in onnxruntime).
+the SDPA path's augmented ``scaled_dot_product_attention`` (shape errors in onnxruntime). TorchScript and
+``torch.export`` graphs of ``attn_impl="auto"`` take the SDPA path (see :meth:`~botnet.layers.MHSA2d.resolve_impl`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from botnet.layers import attention_layers
+from botnet.layers import set_attn_impl
 
 EXPORTERS = ("torchscript", "dynamo")
 
@@ -44,20 +45,6 @@ def _known_export_warnings() -> Iterator[None]:
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=r"Constant folding - Only steps=1")
         yield
-
-
-@contextmanager
-def explicit_attention(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block every :class:`~botnet.layers.MHSA2d` of ``model`` takes its explicit path."""
-    layers = list(attention_layers(model).values())
-    before = [layer.fused_attn for layer in layers]
-    for layer in layers:
-        layer.fused_attn = False
-    try:
-        yield model
-    finally:
-        for layer, fused in zip(layers, before, strict=True):
-            layer.fused_attn = fused
 
 
 def example_input(model: nn.Module, img_size: tuple[int, int] | None = None, batch: int = 2) -> torch.Tensor:
@@ -107,7 +94,7 @@ def export_onnx(
     model.eval()
     x = example_input(model, img_size)
     names = dict(input_names=["input"], output_names=["logits"], opset_version=opset)
-    with explicit_attention(model), torch.no_grad(), _known_export_warnings():
+    with set_attn_impl(model, "explicit"), torch.no_grad(), _known_export_warnings():
         if exporter == "dynamo":
             shapes = _dynamic_shapes(model, x, dynamic)
             torch.onnx.export(model, (x,), path, dynamo=True, dynamic_shapes=shapes, external_data=False, **names)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from botnet.layers import capture_attention
+from botnet.layers import set_attn_impl
 from botnet.models import create_model, get_model_cfg, list_models
 
 
@@ -29,12 +29,12 @@ def count_flops(model: torch.nn.Module, input_size: tuple[int, int, int]) -> int
     """Forward FLOPs of one image (``torch.utils.flop_counter``: matmuls and convs, 2 FLOPs per MAC).
 
     MHSA layers take their explicit path, whose matmuls the counter sees (it has no formula for the CPU
-    flash-attention kernel of the fused path, so attention would count as zero). A model on the ``meta``
+    flash-attention kernel of the SDPA path and does not see inside the chunked one). A model on the ``meta``
     device is counted without computing anything.
     """
     model.eval()
     device = next(model.parameters()).device
-    with capture_attention(model), FlopCounterMode(display=False) as counter:
+    with set_attn_impl(model, "explicit"), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, *input_size, device=device))
     return counter.get_total_flops()
 

@@ -6,13 +6,56 @@ and ``N = H * W`` tokens.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from botnet.layers.position import AbsPosEmb2d, RelPosEmb2d
+from botnet.layers.chunked_attention import chunked_attention
+from botnet.layers.flex_attention import flex_rel_attention
+from botnet.layers.position import AbsPosEmb2d, RelPosEmb2d, is_tracing
 
 POS_EMBEDS = ("relative", "absolute", "none")
+ATTN_IMPLS = ("auto", "explicit", "sdpa", "chunked", "flex")
+
+# "auto" thresholds. CPU, one MHSA layer (512 channels, 4 heads x 128, batch 1), fp32, fwd+bwd, 2 threads, medians
+# of 5 interleaved rounds, ratios to explicit in one run (benchmarks/results/attention_memory-cpu-fp32-thresholds.md):
+# at 16x16 tokens explicit is fastest (sdpa 1.22x, chunked 1.18x, same peak); at 24x24 chunked 0.93x time / 0.91x
+# peak (sdpa 0.93x / 0.74x); at 32x32 chunked 0.82x / 0.51x (sdpa 0.98x / 0.55x); at 64x64 (1 thread,
+# attention_memory-cpu-fp32-impls.md) chunked 0.54x / 0.14x. So explicit up to 16x16 = 256 tokens, chunked above.
+CPU_EXPLICIT_MAX_TOKENS = 256
+# CUDA (H200, bf16, benchmarks/results/attention_memory-cuda-bf16.md): at 16x16 tokens every path takes the same
+# ~4 ms (launch-bound) and explicit's N x N matrices are small; from 32x32 the SDPA fold matches explicit's time
+# (1.01x) at 0.21x (32x32) and 0.08x (64x64) of its memory while its width d + H + W fits the flash / cuDNN
+# kernels (<= 256); at 96x96 (width 320) SDPA falls back to the memory-efficient kernel at 3.59x explicit, and
+# so does fp32 (1.78x at 64x64, no flash in fp32): there FlexAttention takes over (not yet measured on a GPU).
+CUDA_EXPLICIT_MAX_TOKENS = 256
+CUDA_FLASH_MAX_WIDTH = 256
+
+
+def check_attn_impl(impl: str) -> str:
+    """``impl`` if it names an attention implementation, else a ``ValueError`` listing the choices."""
+    if impl not in ATTN_IMPLS:
+        raise ValueError(f"unknown attn_impl {impl!r}; use one of {', '.join(ATTN_IMPLS)}")
+    return impl
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_indicators(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    rows = torch.eye(height, dtype=dtype, device=device).repeat_interleave(width, dim=0)  # (N, H)
+    cols = torch.eye(width, dtype=dtype, device=device).repeat(height, 1)  # (N, W)
+    return torch.cat([rows, cols], dim=-1)
+
+
+def _indicators(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One-hot row and column of every key, ``(N, H + W)``; cached per size, device and dtype in eager mode.
+
+    Traced, exported or compiled graphs build them in the graph, so their ``H x W`` stays dynamic.
+    """
+    if is_tracing() or torch.compiler.is_compiling():
+        return _cached_indicators.__wrapped__(height, width, device, dtype)
+    return _cached_indicators(height, width, device, dtype)
 
 
 class MHSA2d(nn.Module):
@@ -25,14 +68,18 @@ class MHSA2d(nn.Module):
     outputs are concatenated to ``h * d`` channels with no output projection (the block's next 1x1 conv plays
     that role). With ``stride=2`` a 2x2 average pool follows, as in the first block of a BoTNet stage.
 
-    Two paths give the same numbers:
+    Four implementations give the same numbers (``attn_impl``; :func:`botnet.layers.set_attn_impl` sets it on a
+    whole model):
 
-    * fused (default): the position logits are folded into ``scaled_dot_product_attention`` by augmenting the
-      queries with their row / column logits and the keys with one-hot row / column indicators, so
+    * ``"explicit"``: the ``(B, h, N, N)`` probabilities are built and pass through ``self.attn_probs`` (an
+      ``nn.Identity`` to hook). Always taken while attention is captured (:func:`botnet.layers.capture_attention`).
+    * ``"sdpa"``: the position logits are folded into ``scaled_dot_product_attention`` by augmenting the queries
+      with their row / column logits and the keys with one-hot row / column indicators, so
       ``q' . k' = q . k + q . r``; flash / memory-efficient kernels apply and no ``N x N`` tensor is kept.
-    * explicit: the ``(B, h, N, N)`` probabilities are built and pass through ``self.attn_probs`` (an
-      ``nn.Identity`` to hook). It runs when ``fused_attn`` is False or attention is being captured
-      (see :func:`botnet.layers.capture_attention`).
+    * ``"chunked"``: :func:`~botnet.layers.chunked_attention.chunked_attention`, query-row chunks with the
+      position logits added per chunk and probabilities recomputed in backward; no ``N x N`` tensor is kept.
+    * ``"flex"``: FlexAttention with the position logits as a ``score_mod`` (CUDA; CPU forward only).
+    * ``"auto"`` (default): chosen per call by device, dtype and token count (see :meth:`resolve_impl`).
 
     Args:
         dim: input channels ``C``.
@@ -45,6 +92,7 @@ class MHSA2d(nn.Module):
         scale_pos_embed: True (reference code): the position logits come from the scaled ``q`` like the
             content logits. False (timm's ``BottleneckAttn`` default): they come from the unscaled ``q``, i.e.
             ``logits = (q . k) * d ** -0.5 + q . r``.
+        attn_impl: ``"auto"``, ``"explicit"``, ``"sdpa"``, ``"chunked"`` or ``"flex"`` (see above).
     """
 
     def __init__(
@@ -56,6 +104,7 @@ class MHSA2d(nn.Module):
         feat_size: int | tuple[int, int] | None = None,
         stride: int = 1,
         scale_pos_embed: bool = True,
+        attn_impl: str = "auto",
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -81,7 +130,7 @@ class MHSA2d(nn.Module):
         self.scale = dim_head**-0.5
         self.pos_embed_type = pos_embed
         self.scale_pos_embed = scale_pos_embed
-        self.fused_attn = True
+        self.attn_impl = attn_impl
         self.capture = False  # set by capture_attention(): forces the explicit path so attn_probs sees weights
 
         self.qkv = nn.Conv2d(dim, 3 * self.dim_out, 1, bias=False, **factory)
@@ -151,14 +200,12 @@ class MHSA2d(nn.Module):
         attn = self.attn_probs(logits.softmax(dim=-1))  # (B, h, N, N)
         return attn @ v
 
-    def _fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height: int, width: int) -> torch.Tensor:
         terms = self._position_terms(q, height, width)
         if isinstance(terms, tuple):
             logits_h, logits_w = terms
             batch, heads, tokens, dim_head = q.shape
-            rows = torch.eye(height, dtype=q.dtype, device=q.device).repeat_interleave(width, dim=0)  # (N, H)
-            cols = torch.eye(width, dtype=q.dtype, device=q.device).repeat(height, 1)  # (N, W)
-            indicators = torch.cat([rows, cols], dim=-1).expand(batch, heads, tokens, height + width)
+            indicators = _indicators(height, width, q.device, q.dtype).expand(batch, heads, tokens, height + width)
             q = torch.cat([q, logits_h, logits_w], dim=-1)
             k = torch.cat([k, indicators], dim=-1)
             # Equal q/k/v widths keep SDPA on its flash kernel (the CPU one requires it); the pad is sliced off.
@@ -168,17 +215,67 @@ class MHSA2d(nn.Module):
             k = k + terms  # q . k + q . p = q . (k + p)
         return F.scaled_dot_product_attention(q, k, v, scale=1.0)
 
+    def _factored(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, height: int, width: int, impl: str
+    ) -> torch.Tensor:
+        """The chunked or flex path: position logits as the two factors ``(B,h,N,H)``, ``(B,h,N,W)``."""
+        terms = self._position_terms(q, height, width)
+        logits_h = logits_w = None
+        if isinstance(terms, tuple):
+            logits_h, logits_w = terms
+        elif terms is not None:
+            k = k + terms  # absolute: q . k + q . p = q . (k + p)
+        if impl == "flex":
+            return flex_rel_attention(q, k, v, logits_h, logits_w)
+        return chunked_attention(q, k, v, logits_h, logits_w)
+
+    @property
+    def attn_impl(self) -> str:
+        """The attention implementation: ``"auto"``, ``"explicit"``, ``"sdpa"``, ``"chunked"`` or ``"flex"``."""
+        return self._attn_impl
+
+    @attn_impl.setter
+    def attn_impl(self, impl: str) -> None:
+        self._attn_impl = check_attn_impl(impl)
+
+    def resolve_impl(self, x: torch.Tensor) -> str:
+        """The implementation a call on ``x (B, C, H, W)`` takes: ``attn_impl``, or what ``"auto"`` picks.
+
+        ``"auto"``: while traced, exported or compiled, ``"sdpa"`` (one graph for every size, where the chunked
+        path would unroll a size-dependent loop). In eager mode, ``"explicit"`` up to a token count where its
+        ``N x N`` matrices are small and its few ops are fastest, then ``"chunked"`` on the CPU and ``"sdpa"``
+        (flash widths, half precision) or ``"flex"`` on CUDA. The thresholds are measured, see the constants.
+        """
+        if self.capture:
+            return "explicit"
+        if self.attn_impl != "auto":
+            return self.attn_impl
+        if is_tracing() or torch.compiler.is_compiling():
+            return "sdpa"
+        tokens = x.shape[-2] * x.shape[-1]
+        if x.device.type == "cuda":
+            if tokens <= CUDA_EXPLICIT_MAX_TOKENS:
+                return "explicit"
+            width = self.dim_head + (sum(x.shape[-2:]) if self.pos_embed_type == "relative" else 0)
+            half = x.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled("cuda")
+            return "sdpa" if half and width <= CUDA_FLASH_MAX_WIDTH else "flex"
+        return "explicit" if tokens <= CPU_EXPLICIT_MAX_TOKENS else "chunked"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (B, C, H, W)`` -> ``(B, h * d, H / stride, W / stride)`` (rounded up)."""
         batch, _, height, width = x.shape
+        impl = self.resolve_impl(x)
         q, k, v = self._qkv(x)
-        if self.fused_attn and not self.capture:
-            out = self._fused(q, k, v, height, width)
-        else:
+        if impl == "explicit":
             out = self._explicit(q, k, v, height, width)
+        elif impl == "sdpa":
+            out = self._sdpa(q, k, v, height, width)
+        else:
+            out = self._factored(q, k, v, height, width, impl)
         out = out.transpose(-1, -2).reshape(batch, self.dim_out, height, width)
         return self.pool(out)
 
     def extra_repr(self) -> str:
         scale = "" if self.scale_pos_embed else ", scale_pos_embed=False"
-        return f"num_heads={self.num_heads}, dim_head={self.dim_head}, pos_embed={self.pos_embed_type!r}{scale}"
+        impl = "" if self.attn_impl == "auto" else f", attn_impl={self.attn_impl!r}"
+        return f"num_heads={self.num_heads}, dim_head={self.dim_head}, pos_embed={self.pos_embed_type!r}{scale}{impl}"

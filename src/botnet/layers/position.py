@@ -40,18 +40,29 @@ def rel_to_abs(x: torch.Tensor) -> torch.Tensor:
     return x[..., :length, length - 1 :]
 
 
+def is_tracing() -> bool:
+    """Whether a graph is being traced or exported (TorchScript trace, ONNX export, ``torch.export``)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
 def _resize_1d(table: torch.Tensor, length: int) -> torch.Tensor:
     """Linearly resample a ``(L0, d)`` table to ``(length, d)``, keeping both ends (offset 0 stays central).
 
-    Runs for every size (at ``length == L0`` it is an exact copy): with no branch on the size, traced and exported
-    graphs (ONNX, TorchScript, ``torch.export``) keep ``H`` and ``W`` dynamic.
+    At ``length == L0`` the table itself is returned in eager mode. While tracing or exporting the resampling
+    runs for every size (there an exact copy): with no branch on the size the graphs (ONNX, TorchScript,
+    ``torch.export``) keep ``H`` and ``W`` dynamic. (The tracing test comes first: comparing a symbolic size
+    would itself add a guard to an exported graph.)
     """
+    if not is_tracing() and length == table.shape[0]:
+        return table
     resized = F.interpolate(table.t().unsqueeze(0), size=length, mode="linear", align_corners=True)
     return resized.squeeze(0).t()
 
 
 def _resize_2d(table: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinearly resample a ``(H0, W0, d)`` table to ``(height, width, d)``, keeping the corners."""
+    """Bilinearly resample a ``(H0, W0, d)`` table to ``(height, width, d)``, keeping the corners (as above)."""
+    if not is_tracing() and (height, width) == tuple(table.shape[:2]):
+        return table
     grid = table.permute(2, 0, 1).unsqueeze(0)
     return F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=True)[0].permute(1, 2, 0)
 
@@ -202,7 +213,7 @@ class AbsPosEmb2d(_LazyTables):
     def forward(self, height: int, width: int) -> torch.Tensor:
         """The key embedding for a ``height x width`` map, ``(N, d)``, bilinearly resampled if needed."""
         self.materialize(height, width)
-        pos = _resize_2d(self.pos, height, width)  # exact at the reference size; no branch, as _resize_1d
+        pos = _resize_2d(self.pos, height, width)
         return pos.reshape(height * width, self.dim_head)
 
 

@@ -179,6 +179,9 @@ class ResNet(nn.Module):
         pos_embed: ``"relative"``, ``"absolute"`` or ``"none"``.
         scale_pos_embed: scale the position logits by ``dim_head ** -0.5`` like the content logits (the
             reference code); ``False`` adds them unscaled, as timm's ``BottleneckAttn``.
+        attn_impl: the MHSA layers' attention implementation, ``"auto"`` (chosen per call by size, device and
+            dtype), ``"explicit"``, ``"sdpa"``, ``"chunked"`` or ``"flex"``; see :class:`~botnet.layers.MHSA2d`
+            and :func:`~botnet.layers.set_attn_impl` to change it later.
         strides: stride of each stage; ``(1, 2, 2, 1)`` keeps c5 at c4's resolution (BoTNet-S1).
         channels: bottleneck widths of the stages (outputs are 4x these).
         stem: ``"conv7"``: one 7x7 stride-2 conv (torchvision); ``"tiered"``: three 3x3 convs of
@@ -212,6 +215,7 @@ class ResNet(nn.Module):
         dim_head: int | None = None,
         pos_embed: str = "relative",
         scale_pos_embed: bool = True,
+        attn_impl: str = "auto",
         strides: Sequence[int] = (1, 2, 2, 2),
         channels: Sequence[int] = (64, 128, 256, 512),
         stem: str = "conv7",
@@ -279,6 +283,7 @@ class ResNet(nn.Module):
                         dim_head=dim_head,
                         pos_embed=pos_embed,
                         scale_pos_embed=scale_pos_embed,
+                        attn_impl=attn_impl,
                         feat_size=feat,
                     )
                 se_chs = round(width * EXPANSION * se_ratio) if attn is None else 0

@@ -1,0 +1,174 @@
+"""Every MHSA2d attention implementation against the explicit one: outputs, all gradients, dispatch, the switch."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import botnet
+from botnet.layers import ATTN_IMPLS, MHSA2d, set_attn_impl
+from botnet.layers.attention import CPU_EXPLICIT_MAX_TOKENS
+from botnet.layers.chunked_attention import chunked_attention
+
+SIZES = [(4, 4), (5, 7), (1, 6)]  # square, non-square, 1 x W
+POS = ["relative", "absolute", "none"]
+CPU_TRAINABLE = ["sdpa", "chunked"]  # flex has no CPU backward in torch 2.14.1 (tested forward-only below)
+
+
+def make_layer(pos: str, size: tuple[int, int], stride: int = 1, dtype: torch.dtype = torch.float64) -> MHSA2d:
+    layer = MHSA2d(16, num_heads=2, dim_head=6, pos_embed=pos, feat_size=size, stride=stride)
+    nn.init.normal_(layer.qkv.weight, std=16**-0.5)  # far from uniform attention
+    return layer.to(dtype)
+
+
+def outputs_and_grads(layer: MHSA2d, x: torch.Tensor, impl: str) -> list[torch.Tensor]:
+    """Output, then the gradients of the input and of every parameter (qkv weight, the position tables)."""
+    layer.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    with set_attn_impl(layer, impl):
+        out = layer(x)
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    return [out.detach(), x.grad, *(p.grad for p in layer.parameters())]
+
+
+@pytest.mark.parametrize(("size", "pos", "stride"), list(itertools.product(SIZES, POS, [1, 2])))
+@pytest.mark.parametrize("impl", CPU_TRAINABLE)
+def test_impl_equals_explicit_float64(size: tuple[int, int], pos: str, stride: int, impl: str) -> None:
+    layer = make_layer(pos, size, stride)
+    x = torch.randn(2, 16, *size, dtype=torch.float64)
+    expected = outputs_and_grads(layer, x, "explicit")
+    assert len(expected) == 2 + len(list(layer.parameters()))
+    for got, want in zip(outputs_and_grads(layer, x, impl), expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("pos", POS)
+@pytest.mark.parametrize("impl", CPU_TRAINABLE)
+def test_impl_equals_explicit_fp32(pos: str, impl: str) -> None:
+    layer = make_layer(pos, (5, 7), dtype=torch.float32)
+    x = torch.randn(2, 16, 5, 7)
+    for got, want in zip(outputs_and_grads(layer, x, impl), outputs_and_grads(layer, x, "explicit"), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 13, 34, 35, 64])  # N = 35: chunks that do not divide it, one, all
+def test_chunk_boundaries(chunk: int) -> None:
+    batch, heads, height, width, dim = 2, 3, 5, 7, 4
+    tokens = height * width
+    shapes = [(dim,), (dim,), (dim,), (height,), (width,)]
+    q, k, v, logits_h, logits_w = (
+        torch.randn(batch, heads, tokens, *s, dtype=torch.float64, requires_grad=True) for s in shapes
+    )
+    position = (logits_h[..., :, None] + logits_w[..., None, :]).reshape(batch, heads, tokens, tokens)
+    expected = (q @ k.transpose(-1, -2) + position).softmax(-1) @ v
+    out = chunked_attention(q, k, v, logits_h, logits_w, chunk=chunk)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)
+    grad = torch.randn_like(out)
+    inputs = (q, k, v, logits_h, logits_w)
+    for got, want in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "chunked", "explicit"])
+def test_saved_tensors_have_no_n_by_n_except_explicit(impl: str) -> None:
+    size, tokens = (8, 8), 64
+    layer = MHSA2d(32, num_heads=4, feat_size=size)
+    x = torch.randn(2, 32, *size, requires_grad=True)
+    saved: list[tuple[int, ...]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(tuple(t.shape))
+        return t
+
+    with set_attn_impl(layer, impl), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x).sum().backward()
+    has_nxn = any(len(s) >= 2 and s[-2:] == (tokens, tokens) for s in saved)
+    assert has_nxn == (impl == "explicit"), f"{impl}: saved shapes {saved}"
+
+
+@pytest.mark.parametrize("pos", POS)
+def test_flex_cpu_forward_equals_explicit(pos: str) -> None:
+    """FlexAttention runs forward only on the CPU (torch 2.14.1); its backward is tested where CUDA is lent."""
+    layer = make_layer(pos, (5, 7))
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float64)
+    with torch.no_grad():
+        expected = layer(x)
+        with set_attn_impl(layer, "flex"):
+            torch.testing.assert_close(layer(x), expected, atol=1e-10, rtol=1e-10)
+
+
+def test_flex_cpu_backward_raises_and_names_the_alternative() -> None:
+    layer = make_layer("relative", (4, 4))
+    with set_attn_impl(layer, "flex"), pytest.raises(NotImplementedError, match="attn_impl='chunked'"):
+        layer(torch.randn(1, 16, 4, 4, dtype=torch.float64, requires_grad=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA (none visible)")
+def test_flex_cuda_equals_explicit_with_grads() -> None:
+    layer = make_layer("relative", (5, 7), dtype=torch.float32).cuda()
+    x = torch.randn(2, 16, 5, 7, device="cuda")
+    for got, want in zip(outputs_and_grads(layer, x, "flex"), outputs_and_grads(layer, x, "explicit"), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["explicit", "sdpa", "chunked", "flex"])
+def test_bf16_runs_on_every_path(impl: str) -> None:
+    layer = make_layer("relative", (6, 6), dtype=torch.float32)
+    x = torch.randn(1, 16, 6, 6)
+    reference = layer(x).detach()
+    low = layer.to(torch.bfloat16)
+    xb = x.to(torch.bfloat16).requires_grad_(impl != "flex")
+    with set_attn_impl(low, impl), torch.set_grad_enabled(impl != "flex"):
+        out = low(xb)
+        if impl != "flex":
+            out.float().sum().backward()
+            assert xb.grad is not None and torch.isfinite(xb.grad).all()
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, atol=5e-2, rtol=5e-2)
+
+
+def test_auto_picks_what_the_thresholds_say() -> None:
+    layer = make_layer("relative", (4, 4))
+    side = int(CPU_EXPLICIT_MAX_TOKENS**0.5)
+    assert layer.resolve_impl(torch.empty(1, 16, side, side)) == "explicit"
+    assert layer.resolve_impl(torch.empty(1, 16, side, side + 1)) == "chunked"
+    layer.attn_impl = "sdpa"
+    assert layer.resolve_impl(torch.empty(1, 16, 64, 64)) == "sdpa"  # a set impl is taken as it is
+    with botnet.capture_attention(layer):
+        assert layer.resolve_impl(torch.empty(1, 16, 64, 64)) == "explicit"  # capture needs the probabilities
+
+
+def test_set_attn_impl_validates_scopes_and_restores() -> None:
+    model = botnet.create_model("botnet26", num_classes=10, channels=(8, 16, 32, 64), stem_width=16, img_size=64)
+    layers = list(botnet.layers.attention_layers(model).values())
+    assert layers and all(layer.attn_impl == "auto" for layer in layers)
+    layers[0].attn_impl = "sdpa"  # per-layer values are restored as they were
+    with pytest.raises(ValueError, match="unknown attn_impl 'fast'; use one of " + ", ".join(ATTN_IMPLS)):
+        set_attn_impl(model, "fast")
+    with set_attn_impl(model, "explicit"):
+        assert all(layer.attn_impl == "explicit" for layer in layers)
+    assert [layer.attn_impl for layer in layers] == ["sdpa"] + ["auto"] * (len(layers) - 1)
+    with pytest.raises(RuntimeError, match="inside"), set_attn_impl(model, "chunked"):
+        raise RuntimeError("inside")
+    assert layers[0].attn_impl == "sdpa"
+    set_attn_impl(model, "chunked")  # without a block: permanent
+    assert all(layer.attn_impl == "chunked" for layer in layers)
+    single = MHSA2d(16, num_heads=2)
+    set_attn_impl(single, "flex")
+    assert single.attn_impl == "flex"
+    with pytest.raises(ValueError, match="unknown attn_impl"):
+        single.attn_impl = "fused"
+
+
+def test_create_model_passes_attn_impl() -> None:
+    model = botnet.create_model("botnet26", num_classes=10, channels=(8, 16, 32, 64), attn_impl="chunked")
+    assert {layer.attn_impl for layer in botnet.layers.attention_layers(model).values()} == {"chunked"}
+
+
+def test_tables_are_used_as_they_are_at_the_reference_size() -> None:
+    layer = make_layer("relative", (4, 5))
+    rel_h, rel_w = layer.pos_embed.tables(4, 5)
+    assert rel_h is layer.pos_embed.rel_h and rel_w is layer.pos_embed.rel_w  # no resampling op
