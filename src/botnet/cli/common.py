@@ -107,6 +107,12 @@ def checkpoint_dir(value: str) -> Path:
     return path
 
 
+def add_loader_args(parser: argparse.ArgumentParser, batch_size: int, workers: int = 0) -> None:
+    """``--batch-size`` and ``--workers`` (loader processes) with these defaults."""
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size, help="(default: %(default)s)")
+    parser.add_argument("--workers", type=count, default=workers, help="loader processes (default: %(default)s)")
+
+
 def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-pixels",

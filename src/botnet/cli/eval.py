@@ -14,9 +14,8 @@ from botnet.cli.common import (
     ArgumentParser,
     add_checkpoint_arg,
     add_hardware_args,
+    add_loader_args,
     add_max_pixels_arg,
-    count,
-    positive_int,
     quiet_lightning,
 )
 from botnet.train.run import evaluate
@@ -29,8 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint_arg(parser)
     parser.add_argument("--data", help="mnist5k or an ImageFolder root (default: the data the model was trained on)")
     parser.add_argument("--split", default="val", choices=("train", "val"), help="(default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=128, help="(default: %(default)s)")
-    parser.add_argument("--workers", type=count, default=0, help="loader processes (default: %(default)s)")
+    add_loader_args(parser, batch_size=128)
     parser.add_argument("--out", type=Path, help="where eval.json and confusion_matrix.png go (default: --checkpoint)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_max_pixels_arg(parser)

@@ -13,8 +13,8 @@ from botnet.cli.common import (
     ArgumentParser,
     add_checkpoint_arg,
     add_hardware_args,
+    add_loader_args,
     add_max_pixels_arg,
-    count,
     positive_int,
     quiet_lightning,
 )
@@ -28,8 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
     add_checkpoint_arg(parser)
     parser.add_argument("--topk", type=positive_int, default=5, help="classes per image (default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="(default: %(default)s)")
-    parser.add_argument("--workers", type=count, default=0, help="loader processes (default: %(default)s)")
+    add_loader_args(parser, batch_size=64)
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of one line per image")
     add_max_pixels_arg(parser)
     add_hardware_args(parser, distributed=False)

@@ -6,7 +6,6 @@ transforms see one mode whatever the files hold.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from functools import cache, partial
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from botnet.data.images import IMAGE_ERRORS, MAX_PIXELS, load_image
+from botnet.data.images import IMAGE_ERRORS, MAX_PIXELS, UnreadableLog, load_image
 
 MNIST5K = "mnist5k"
 MNIST5K_VAL_PER_CLASS = 50
@@ -131,23 +130,14 @@ class CheckedImageFolder(ImageFolder):
             raise FileNotFoundError(f"{root}: {err}") from None
         self.mode = mode
         self.on_error = on_error
-        self.unreadable: set[str] = set()
-
-    def _report(self, path: str, err: BaseException) -> None:
-        if path not in self.unreadable:
-            self.unreadable.add(path)
-            warnings.warn(
-                f"skipped unreadable image {path} ({type(err).__name__}: {err}); "
-                f"{len(self.unreadable)} skipped so far in this loader process",
-                stacklevel=3,
-            )
+        self.unreadable = UnreadableLog()
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         for _ in range(MAX_CONSECUTIVE_ERRORS):
             try:
                 return super().__getitem__(index)
             except IMAGE_ERRORS as err:
-                self._report(self.samples[index][0], err)
+                self.unreadable.report(self.samples[index][0], err)
                 if self.on_error == "skip":
                     blank = Image.new(self.mode, (32, 32))
                     return (self.transform(blank) * 0 if self.transform else blank), SKIPPED

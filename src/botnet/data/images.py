@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -30,6 +31,25 @@ class ImageTooLarge(ValueError):
 
 # What loading an unreadable, truncated, oversized or bogus image file raises.
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class UnreadableLog:
+    """The unreadable images one loader process met: each reported once (a warning with the running count)."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def report(self, name: str, err: BaseException) -> None:
+        if name not in self.names:
+            self.names.add(name)
+            warnings.warn(
+                f"skipped unreadable image {name} ({type(err).__name__}: {err}); "
+                f"{len(self.names)} skipped so far in this loader process",
+                stacklevel=3,
+            )
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def channel_mode(in_chans: int) -> str:

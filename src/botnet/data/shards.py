@@ -44,7 +44,6 @@ import math
 import random
 import re
 import tarfile
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +56,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 
 from botnet.checkpoint import write_text
 from botnet.data.datasets import MAX_CONSECUTIVE_ERRORS
-from botnet.data.images import IMAGE_ERRORS, MAX_PIXELS, load_image
+from botnet.data.images import IMAGE_ERRORS, MAX_PIXELS, UnreadableLog, load_image
 
 SHARDS_PREFIX = "wds:"
 MANIFEST = "manifest.json"
@@ -334,7 +333,7 @@ class ShardDataset(IterableDataset):
                 f"{root} {split}: {self.samples} samples over {self.world_size} ranks make no batch of {batch_size}"
             )
         self.batches = batches
-        self.unreadable: set[str] = set()
+        self.unreadable = UnreadableLog()
         self._failures = 0  # unreadable images in a row
         # Where the next iteration starts: set by ShardLoader before it starts the workers.
         self.epoch = 0
@@ -434,14 +433,7 @@ class ShardDataset(IterableDataset):
             data.name = f"{record.shard}:{record.key}"
             image = load_image(data, self.mode, self.max_pixels)
         except IMAGE_ERRORS as err:
-            name = f"{record.shard}:{record.key}"
-            if name not in self.unreadable:
-                self.unreadable.add(name)
-                warnings.warn(
-                    f"skipped unreadable image {name} ({type(err).__name__}: {err}); "
-                    f"{len(self.unreadable)} skipped so far in this loader process",
-                    stacklevel=2,
-                )
+            self.unreadable.report(f"{record.shard}:{record.key}", err)
             self._failures += 1
             if self._failures >= MAX_CONSECUTIVE_ERRORS:
                 raise RuntimeError(

@@ -36,7 +36,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from botnet.data import IMAGE_ERRORS, MAX_PIXELS, load_image
+from botnet.data.images import IMAGE_ERRORS, MAX_PIXELS, UnreadableLog, load_image
 
 PROBLEMS = ("unknown_category", "unknown_image", "degenerate_box", "clipped_box", "outside_image", "bad_segmentation")
 CLIP_TOLERANCE = 1.0  # px; COCO boxes often overshoot the border by a fraction of a pixel
@@ -172,7 +172,7 @@ class CocoDetection(Dataset):
             raise ValueError(f"on_error must be 'next' or 'skip', not {on_error!r}")
         self.on_error = on_error
         self.max_pixels = max_pixels
-        self.unreadable: set[str] = set()
+        self.unreadable = UnreadableLog()
         self.images_dir = Path(images_dir)
         self.ann_file = Path(ann_file)
         self.transforms = transforms
@@ -256,14 +256,7 @@ class CocoDetection(Dataset):
             except IMAGE_ERRORS as err:
                 if isinstance(err, AnnotationError):
                     raise
-                path = str(self.images_dir / self.coco.imgs[image_id]["file_name"])
-                if path not in self.unreadable:
-                    self.unreadable.add(path)
-                    warnings.warn(
-                        f"skipped unreadable image {path} ({type(err).__name__}: {err}); "
-                        f"{len(self.unreadable)} skipped so far in this loader process",
-                        stacklevel=2,
-                    )
+                self.unreadable.report(str(self.images_dir / self.coco.imgs[image_id]["file_name"]), err)
                 if self.on_error == "skip":
                     return None, {"image_id": image_id}
                 index = (index + 1) % len(self)
