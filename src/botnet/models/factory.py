@@ -23,17 +23,18 @@ FEATURE_CLS = (None, "getter")  # timm's feature_cls values the features_only wr
 WeightsSource = str | os.PathLike | Mapping[str, torch.Tensor]
 
 
-def load_pretrained(model: ResNet, source: WeightsSource) -> LoadResult:
+def load_pretrained(model: ResNet, source: WeightsSource, exclude: Sequence[str] = ()) -> LoadResult:
     """Warm-start ``model`` from the tensors of ``source`` that fit it; returns what was loaded and what was left.
 
     ``source`` is any file :func:`botnet.checkpoint.read_weights` reads (safetensors, ``.pth`` / ``.pt`` /
     ``.ckpt``, a ``save_pretrained`` folder) or a state dict. Tensors with the model's names and shapes load;
     the rest are reported (logged, and in the result), e.g. a torchvision ResNet-50 into ``botnet50``: 317 of
     its 320 tensors load, its three c5 3x3 convs have no place, the MHSA projections and position tables keep
-    their initialisation. Position tables are resampled to the model's. :class:`CheckpointError` when nothing
-    fits (a file for another architecture).
+    their initialisation. Position tables are resampled to the model's. Keys starting with a prefix in
+    ``exclude`` (e.g. ``"fc."``) are left out. :class:`CheckpointError` when nothing fits (a file for another
+    architecture).
     """
-    result = load_weights(model, source, strict=False)
+    result = load_weights(model, source, strict=False, exclude=exclude)
     name = "the state dict" if isinstance(source, Mapping) else str(source)
     if not result.loaded:
         raise CheckpointError(f"{name}: none of its tensors fit {model.model_name} ({result.summary()})")
