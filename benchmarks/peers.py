@@ -1,7 +1,8 @@
 """The models and attention layers the benchmarks compare, named ``source:name[:variant]``.
 
 * ``botnet:<registered name>`` — this library (``botnet.list_models()``); variant ``explicit`` turns every
-  ``MHSA2d`` to its explicit path (``fused_attn = False``), the default is the fused path.
+  ``MHSA2d`` to its explicit path (``fused_attn = False``), the default is the fused path; variant ``gradckpt``
+  recomputes every block in the backward pass (``set_grad_checkpointing()``).
 * ``torchvision:<name>`` — ``torchvision.models``; ``torchvision:resnet50`` is the baseline of every ratio.
 * ``timm:<name>`` — ``timm.create_model`` (optional), built for the benchmark's input size.
 * ``lucidrains:bot50`` — lucidrains' ``bottleneck-transformer-pytorch`` (optional): its ``BottleStack`` as
@@ -25,6 +26,7 @@ import botnet
 from common import Setup
 
 BASELINE = "torchvision:resnet50"
+BOTNET_VARIANTS = ("explicit", "gradckpt")
 
 
 class PeerUnavailable(RuntimeError):
@@ -61,10 +63,12 @@ def build_model(spec: str, img_size: int) -> nn.Module:
     """A freshly initialised classifier for ``img_size`` x ``img_size`` input, named as in the module doc."""
     source, _, rest = spec.partition(":")
     name, _, variant = rest.partition(":")
-    if variant and (source, variant) != ("botnet", "explicit"):
-        raise ValueError(f"{spec!r}: only botnet models have a variant (':explicit')")
+    if variant and (source != "botnet" or variant not in BOTNET_VARIANTS):
+        raise ValueError(f"{spec!r}: only botnet models have a variant ({', '.join(BOTNET_VARIANTS)})")
     if source == "botnet":
-        return set_fused(botnet.create_model(name, img_size=img_size), variant != "explicit")
+        model = set_fused(botnet.create_model(name, img_size=img_size), variant != "explicit")
+        model.set_grad_checkpointing(variant == "gradckpt")
+        return model
     if source == "torchvision":
         return getattr(_optional("torchvision.models", "torchvision"), name)()
     if source == "timm":
@@ -75,7 +79,7 @@ def build_model(spec: str, img_size: int) -> nn.Module:
     if spec == "lucidrains:bot50":
         return _lucidrains_bot50(img_size)
     raise ValueError(
-        f"unknown model {spec!r}: use botnet:NAME[:explicit], torchvision:NAME, timm:NAME or lucidrains:bot50"
+        f"unknown model {spec!r}: use botnet:NAME[:explicit|:gradckpt], torchvision:NAME, timm:NAME or lucidrains:bot50"
     )
 
 
