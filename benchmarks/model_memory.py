@@ -6,6 +6,8 @@ what was allocated before it (model weights excluded; gradients of the training 
 
     python benchmarks/model_memory.py --quick                  # CPU: 256 and 512 px
     python benchmarks/model_memory.py --device cuda --dtype bf16
+    # gradient checkpointing: the training step's peak with and without recomputing the blocks
+    python benchmarks/model_memory.py --models botnet:botnet50 botnet:botnet50:gradckpt --batch 8 --suffix gradckpt
 """
 
 from __future__ import annotations
@@ -34,9 +36,13 @@ def run_size(specs: list[str], size: int, batch: int, setup: Setup) -> list[dict
             row[f"{pass_name} MiB"] = peak_memory(step, setup) / MIB
         rows.append(row)
     baseline = next((row for row in rows if row["model"] == BASELINE), None)
+    plain = {row["model"]: row for row in rows}
     for row in rows:
         if baseline:
             row["fwd+bwd x R50"] = row["fwd+bwd MiB"] / baseline["fwd+bwd MiB"]
+        without = plain.get(row["model"].removesuffix(":gradckpt"))
+        if row["model"].endswith(":gradckpt") and without:
+            row["fwd+bwd x no ckpt"] = row["fwd+bwd MiB"] / without["fwd+bwd MiB"]
     return rows
 
 
@@ -71,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         Column("fwd MiB", "forward MiB", "{:.0f}"),
         Column("fwd+bwd MiB", "training step MiB", "{:.0f}"),
         Column("fwd+bwd x R50", "÷ tv R50", "{:.2f}"),
+        Column("fwd+bwd x no ckpt", "÷ without grad ckpt", "{:.2f}"),
     ]
     title = f"Whole-model peak memory, batch {args.batch}"
     stem = write_report("model_memory", setup, title, [("", rows, columns)], argv)

@@ -1,7 +1,8 @@
 """The models and attention layers the benchmarks compare, named ``source:name[:variant]``.
 
-* ``botnet:<registered name>[:<attn_impl>]`` — this library (``botnet.list_models()``); the variant sets every
-  ``MHSA2d``'s ``attn_impl`` (``explicit``, ``sdpa``, ``chunked``, ``flex``; default ``auto``).
+* ``botnet:<registered name>[:<variant>]`` — this library (``botnet.list_models()``); a variant sets every
+  ``MHSA2d``'s ``attn_impl`` (``explicit``, ``sdpa``, ``chunked``, ``flex``; default ``auto``), or ``gradckpt``
+  recomputes every block in the backward pass (``set_grad_checkpointing()``).
 * ``torchvision:<name>`` — ``torchvision.models``; ``torchvision:resnet50`` is the baseline of every ratio.
 * ``timm:<name>`` — ``timm.create_model`` (optional), built for the benchmark's input size.
 * ``lucidrains:bot50`` — lucidrains' ``bottleneck-transformer-pytorch`` (optional): its ``BottleStack`` as
@@ -25,6 +26,7 @@ import botnet
 from common import Setup
 
 BASELINE = "torchvision:resnet50"
+BOTNET_VARIANTS = (*botnet.layers.ATTN_IMPLS, "gradckpt")
 
 
 class PeerUnavailable(RuntimeError):
@@ -54,10 +56,13 @@ def build_model(spec: str, img_size: int) -> nn.Module:
     """A freshly initialised classifier for ``img_size`` x ``img_size`` input, named as in the module doc."""
     source, _, rest = spec.partition(":")
     name, _, variant = rest.partition(":")
-    if variant and (source != "botnet" or variant not in botnet.layers.ATTN_IMPLS):
-        raise ValueError(f"{spec!r}: only botnet models have a variant, one of {', '.join(botnet.layers.ATTN_IMPLS)}")
+    if variant and (source != "botnet" or variant not in BOTNET_VARIANTS):
+        raise ValueError(f"{spec!r}: only botnet models have a variant ({', '.join(BOTNET_VARIANTS)})")
     if source == "botnet":
-        return botnet.create_model(name, img_size=img_size, attn_impl=variant or "auto")
+        impl = variant if variant in botnet.layers.ATTN_IMPLS else "auto"
+        model = botnet.create_model(name, img_size=img_size, attn_impl=impl)
+        model.set_grad_checkpointing(variant == "gradckpt")
+        return model
     if source == "torchvision":
         return getattr(_optional("torchvision.models", "torchvision"), name)()
     if source == "timm":
@@ -68,7 +73,7 @@ def build_model(spec: str, img_size: int) -> nn.Module:
     if spec == "lucidrains:bot50":
         return _lucidrains_bot50(img_size)
     raise ValueError(
-        f"unknown model {spec!r}: use botnet:NAME[:ATTN_IMPL], torchvision:NAME, timm:NAME or lucidrains:bot50"
+        f"unknown model {spec!r}: use botnet:NAME[:VARIANT], torchvision:NAME, timm:NAME or lucidrains:bot50"
     )
 
 

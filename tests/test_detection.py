@@ -106,7 +106,9 @@ def test_botnet50_detector_puts_mhsa_in_c5_at_the_detection_resolution() -> None
     assert model.transform.min_size == (1024,) and model.transform.max_size == 1024
 
 
-def test_frozen_bn_keeps_the_statistics_and_trainable_layers_freeze_the_bottom(tmp_path: Path) -> None:
+def test_frozen_bn_keeps_the_statistics_and_trainable_layers_freeze_the_bottom(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # non-trivial statistics, so a frozen copy that ignores them would differ
     reference = randomise_norms(botnet.create_model("botnet26", num_classes=0, **TINY))
     weights = tmp_path / "botnet26.pt"
@@ -132,8 +134,11 @@ def test_frozen_bn_keeps_the_statistics_and_trainable_layers_freeze_the_bottom(t
     assert all(p.requires_grad for p in backbone.fpn.parameters())
     with pytest.raises(ValueError, match="0..5"):
         botnet_fpn_backbone("botnet26", trainable_layers=6, **TINY)
-    with pytest.raises(ValueError, match="does not match the model"):
+    with caplog.at_level("WARNING"):  # BoT26's c5 MHSA has no place in ResNet-26: the rest loads, and is reported
         botnet_fpn_backbone("resnet26", weights=weights, **TINY)
+    assert "loaded 172 of 174 tensors; missing: layer4.0.conv2, layer4.1.conv2 (2 tensors)" in caplog.text
+    with pytest.raises(ValueError, match="none of its tensors fit"):
+        botnet_fpn_backbone("resnet26", weights={"other.weight": torch.zeros(1)}, **TINY)
 
 
 @pytest.mark.parametrize("size", [(128, 128), (96, 160), (160, 112)])

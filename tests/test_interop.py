@@ -147,7 +147,7 @@ def test_timm_create_model_builds_registered_botnet_models() -> None:
     model = timm.create_model("botnet_botnet26", num_classes=3, channels=(8, 16, 32, 64), stem_width=16)
     assert isinstance(model, botnet.ResNet) and model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
     assert timm.data.resolve_data_config(model=model)["input_size"] == (3, 224, 224)
-    with pytest.raises(ValueError, match="no weights on timm's hub"):
+    with pytest.raises(ValueError, match="no published weights; pass a file"):
         timm.create_model("botnet_botnet26", pretrained=True)
     with pytest.raises(ValueError, match="timm already has a model 'resnet"):
         register_with_timm(prefix="")

@@ -86,6 +86,33 @@ def test_recipe_options_train_and_export_the_ema_weights(folder: Path, tmp_path:
     assert not all(torch.equal(exported[k], current[k]) for k in exported)
 
 
+def test_model_flags_warm_start_checkpoint_channels_last_and_layer_decay(
+    folder: Path, run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: dict[str, object] = {}
+
+    class Probe(pl.Callback):
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            model = pl_module.model
+            start = load_file(run / "model.safetensors")
+            seen["warm"] = torch.equal(model.layer4[1].conv2.qkv.weight, start["layer4.1.conv2.qkv.weight"])
+            seen["weights"] = model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+            seen["ckpt"] = model.grad_checkpointing
+            seen["scales"] = {group["lr_scale"] for group in trainer.optimizers[0].param_groups}
+            model.register_forward_pre_hook(self.record_input)
+
+        @staticmethod
+        def record_input(_: torch.nn.Module, args: tuple[torch.Tensor]) -> None:
+            seen.setdefault("input", args[0].is_contiguous(memory_format=torch.channels_last))
+
+    flags = ["--initial-checkpoint", str(run), "--grad-checkpointing", "--channels-last", "--layer-decay", "0.5"]
+    with caplog.at_level("WARNING"):
+        fit(parse_args(train_argv(folder, tmp_path / "flags", *flags, "--epochs", "1")), callbacks=[Probe()])
+    assert seen == {"warm": True, "weights": True, "ckpt": True, "scales": seen["scales"], "input": True}
+    assert len(seen["scales"]) > 5 and max(seen["scales"]) == 1.0  # stem, 8 blocks, head: one LR scale each
+    assert "loaded" not in caplog.text  # the same architecture: every tensor fits (partial loads: test_contract)
+
+
 def test_interrupt_leaves_a_resumable_checkpoint(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     class CtrlC(pl.Callback):
         def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:

@@ -112,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="create_model overrides, e.g. channels=16,32,64,128 stem_width=16 attention=c4,c5 drop_path_rate=0.1",
     )
+    model.add_argument(
+        "--initial-checkpoint",
+        metavar="PATH",
+        help="weights to start from: a torchvision / timm ResNet state dict, a botnet checkpoint or run folder; "
+        "what fits loads and the rest is reported (e.g. resnet50.pth for --model botnet50)",
+    )
+    model.add_argument(
+        "--grad-checkpointing", action="store_true", help="recompute each block in the backward pass (less memory)"
+    )
+    model.add_argument("--channels-last", action="store_true", help="model and input in channels_last memory format")
 
     optim = parser.add_argument_group("optimisation (timm)")
     optim.add_argument("--epochs", type=int, default=10, help="(default: %(default)s)")
@@ -121,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--lr", type=float, help="peak learning rate (default: 0.05 for SGD, else 1e-3)")
     optim.add_argument("--weight-decay", type=float, help="(default: 1e-4 for SGD, else 0.05)")
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
+    optim.add_argument(
+        "--layer-decay",
+        type=float,
+        help="layer-wise LR decay, e.g. 0.75: each block learns at this times the next one's rate (default: off)",
+    )
     optim.add_argument("--sched", choices=SCHEDULES, default="cosine", help="per-step schedule (default: cosine)")
     optim.add_argument("--warmup-epochs", type=int, default=1, help="linear warmup (default: %(default)s)")
     optim.add_argument("--warmup-lr", type=float, default=1e-5, help="(default: %(default)s)")

@@ -17,8 +17,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
-from botnet.checkpoint import LoadResult, load_weights
-from botnet.models import ResNet, create_model
+from botnet.checkpoint import LoadResult
+from botnet.models import ResNet, create_model, load_pretrained
 
 # Order in which ``trainable_layers`` unfreezes the network, from the top (torchvision's convention).
 TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "conv1")
@@ -57,11 +57,12 @@ def freeze_layers(model: nn.Module, trainable_layers: int) -> None:
 
 
 def load_backbone_weights(model: ResNet, path: str | Path) -> LoadResult:
-    """Load a classifier's weights (any file :func:`botnet.checkpoint.read_weights` reads, or a pretrained
-    folder) into ``model``, leaving out ``fc``; position tables are resampled to the model's. Every other key and
-    shape must match (torchvision ResNet weights fit the ``resnet*`` rows); :class:`CheckpointError` otherwise.
+    """Warm-start ``model`` from a classifier's weights (any file :func:`botnet.checkpoint.read_weights` reads, or
+    a pretrained folder), leaving out ``fc``: what fits loads and the rest is reported, so a torchvision or timm
+    ResNet-50 starts a BoT50 backbone (:func:`botnet.models.load_pretrained`); position tables are resampled to
+    the model's. :class:`CheckpointError` when nothing fits.
     """
-    return load_weights(model, path, exclude=("fc.",))
+    return load_pretrained(model, path, exclude=("fc.",))
 
 
 def botnet_fpn_backbone(
@@ -82,8 +83,8 @@ def botnet_fpn_backbone(
 
     Args:
         model_name: a name from :func:`botnet.list_models`, e.g. ``"botnet50"`` or ``"resnet50"``.
-        weights: optional local classifier state_dict to start from (nothing is ever downloaded); its position
-            tables are resampled to ``img_size``'s.
+        weights: optional local classifier state_dict to start from (nothing is ever downloaded), loaded
+            partially (:func:`load_backbone_weights`); its position tables are resampled to ``img_size``'s.
         frozen_bn: replace BatchNorm by ``FrozenBatchNorm2d`` (sensible with ``weights``; from scratch the
             frozen layers are identities).
         trainable_layers: how many of ``layer4, layer3, layer2, layer1, conv1`` keep gradients (5 = all).

@@ -66,7 +66,8 @@ def create_detector(
         image_size: the paper's square training resolution: images are resized so that their long side is
             ``image_size`` (``min_size = max_size = image_size``) and the relative position tables are learned
             for it. Pass ``min_size`` / ``max_size`` to use torchvision's 800 / 1333 scheme instead.
-        backbone_weights: local classifier state_dict for the backbone (see :func:`botnet_fpn_backbone`).
+        backbone_weights: local classifier weights for the backbone, e.g. torchvision's ``resnet50`` state dict
+            for ``maskrcnn_botnet50_fpn``: what fits loads, the rest is reported (see :func:`botnet_fpn_backbone`).
         frozen_bn: ``FrozenBatchNorm2d`` in the backbone.
         trainable_layers: backbone layers that keep gradients, 0-5.
         fpn_channels: width of the pyramid maps, which the RPN, box and mask heads take as input.

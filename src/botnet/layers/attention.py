@@ -14,7 +14,7 @@ from torch import nn
 
 from botnet.layers.chunked_attention import chunked_attention
 from botnet.layers.flex_attention import flex_rel_attention
-from botnet.layers.position import AbsPosEmb2d, RelPosEmb2d, is_tracing
+from botnet.layers.position import AbsPosEmb2d, RelPosEmb2d, is_fx_tracing, is_tracing
 
 POS_EMBEDS = ("relative", "absolute", "none")
 ATTN_IMPLS = ("auto", "explicit", "sdpa", "chunked", "flex")
@@ -242,15 +242,21 @@ class MHSA2d(nn.Module):
         """The implementation a call on ``x (B, C, H, W)`` takes: ``attn_impl``, or what ``"auto"`` picks.
 
         ``"auto"``: while traced, exported or compiled, ``"sdpa"`` (one graph for every size, where the chunked
-        path would unroll a size-dependent loop). In eager mode, ``"explicit"`` up to a token count where its
-        ``N x N`` matrices are small and its few ops are fastest, then ``"chunked"`` on the CPU and ``"sdpa"``
-        (flash widths, half precision) or ``"flex"`` on CUDA. The thresholds are measured, see the constants.
+        path would unroll a size-dependent loop), except under FX symbolic tracing (feature extraction), which
+        takes ``"explicit"``, what eager mode takes at the sizes FX is used at, so that traced and eager outputs
+        are bit-identical there (timm's and torchvision's FX contract). In eager mode, ``"explicit"`` up to a
+        token count where its ``N x N`` matrices are small and its few ops are fastest, then ``"chunked"`` on the
+        CPU and ``"sdpa"`` (flash widths, half precision) or ``"flex"`` on CUDA. The thresholds are measured, see the constants.
         """
         if self.capture:
             return "explicit"
         if self.attn_impl != "auto":
             return self.attn_impl
-        if is_tracing() or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():
+            return "sdpa"
+        if is_fx_tracing():
+            return "explicit"
+        if is_tracing():
             return "sdpa"
         tokens = x.shape[-2] * x.shape[-1]
         if x.device.type == "cuda":

@@ -31,18 +31,23 @@ def rel_to_abs(x: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(..., L, L)`` with ``out[..., i, j] = x[..., i, j - i + L - 1]``.
     """
-    *lead, length, width = x.shape
-    if width != 2 * length - 1:
+    length, width = x.shape[-2:]
+    if not isinstance(x, torch.fx.Proxy) and width != 2 * length - 1:  # FX traces no branch on sizes
         raise ValueError(f"rel_to_abs expects a last dimension of 2L-1={2 * length - 1}, got {width}")
     x = F.pad(x, (0, 1)).flatten(-2)  # (..., L * 2L)
     x = F.pad(x, (0, length - 1))  # (..., (L + 1) * (2L - 1))
-    x = x.view(*lead, length + 1, 2 * length - 1)
+    x = x.unflatten(-1, (length + 1, 2 * length - 1))
     return x[..., :length, length - 1 :]
 
 
+def is_fx_tracing() -> bool:
+    """Whether ``torch.fx.symbolic_trace`` (or ``create_feature_extractor``) is tracing: sizes are proxies then."""
+    return torch.fx._symbolic_trace.is_fx_tracing()
+
+
 def is_tracing() -> bool:
-    """Whether a graph is being traced or exported (TorchScript trace, ONNX export, ``torch.export``)."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+    """Whether a graph is being traced or exported (FX, TorchScript trace, ONNX export, ``torch.export``)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting() or is_fx_tracing()
 
 
 def _resize_1d(table: torch.Tensor, length: int) -> torch.Tensor:

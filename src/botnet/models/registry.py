@@ -12,15 +12,26 @@ from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The keys of timm's ``PretrainedCfg``: a model's ``pretrained_cfg`` holds these only, so that timm reads it.
+PRETRAINED_CFG_KEYS = (
+    "url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "architecture", "tag", "custom_load",
+    "input_size", "test_input_size", "min_input_size", "fixed_input_size", "interpolation", "crop_pct",
+    "test_crop_pct", "crop_mode", "mean", "std", "num_classes", "label_offset", "label_names", "label_descriptions",
+    "pool_size", "test_pool_size", "first_conv", "classifier", "license", "description", "origin_url", "paper_name",
+    "paper_ids", "notes",
+)  # fmt: skip
+# What a row knows that is not timm metadata (where the row comes from, the paper's figures).
+LIBRARY_KEYS = ("name", "paper", "paper_params", "tags")
 
 
 @dataclass(frozen=True)
 class ModelCfg:
-    """One registered architecture: the :class:`ResNet` arguments plus timm-style metadata.
+    """One registered architecture: the :class:`ResNet` arguments, timm-style metadata and the library's facts.
 
-    ``arch`` holds the constructor arguments; the rest describes the expected input (``input_size``,
-    ``mean``/``std``, ``crop_pct``, ``interpolation``) and where the row comes from (``paper``,
-    ``paper_params`` in millions, for the parameter-count tests).
+    ``arch`` holds the constructor arguments; ``input_size``, ``mean``/``std``, ``crop_pct``, ``interpolation``
+    and ``num_classes`` describe the expected input and output (they go into the model's ``pretrained_cfg``);
+    ``paper``, ``paper_params`` (millions, for the parameter-count tests) and ``tags`` say where the row comes
+    from and stay here (:data:`LIBRARY_KEYS`).
     """
 
     name: str
@@ -36,10 +47,8 @@ class ModelCfg:
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     def pretrained_cfg(self) -> dict[str, Any]:
-        """timm-style metadata dict (``default_cfg``)."""
-        cfg = asdict(self)
-        cfg.pop("arch")
-        return cfg
+        """The row's part of the model's ``pretrained_cfg`` (timm keys only; the model adds the rest)."""
+        return {k: v for k, v in asdict(self).items() if k != "arch" and k not in LIBRARY_KEYS}
 
 
 _REGISTRY: dict[str, ModelCfg] = {}

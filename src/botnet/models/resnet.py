@@ -15,19 +15,24 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint as recompute
 from torchvision.ops import StochasticDepth
 
 from botnet import checkpoint
 from botnet.layers import MHSA2d, SqueezeExcite, capture_attention
 from botnet.layers.position import feat_size_for
-from botnet.models.registry import IMAGENET_MEAN, IMAGENET_STD, resolve_model_args
+from botnet.models.features import FeatureInfo, feature_take_indices
+from botnet.models.registry import IMAGENET_MEAN, IMAGENET_STD, LIBRARY_KEYS, PRETRAINED_CFG_KEYS, resolve_model_args
 
 ACT_LAYERS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU}
 STEMS = ("conv7", "tiered")
 STAGE_NAMES = ("c2", "c3", "c4", "c5")
 EXPANSION = 4
+GLOBAL_POOLS: dict[str, type[nn.Module]] = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}
 # The pretrained_cfg of a ResNet built without a registry row (timm's defaults for ImageNet models).
-DEFAULT_CFG: dict[str, Any] = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=0.875, interpolation="bicubic")
+DEFAULT_CFG: dict[str, Any] = dict(
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=0.875, interpolation="bicubic", crop_mode="center"
+)
 
 
 def _stem_conv(stem: str, in_chans: int, out_chs: int, act_layer: type[nn.Module]) -> nn.Module:
@@ -107,19 +112,6 @@ class Bottleneck(nn.Module):
         return self.act(self.drop_path(x) + shortcut)
 
 
-class FeatureInfo(list):
-    """timm-style feature metadata: a list of ``dict(num_chs, reduction, module)`` with column accessors."""
-
-    def channels(self) -> list[int]:
-        return [info["num_chs"] for info in self]
-
-    def reduction(self) -> list[int]:
-        return [info["reduction"] for info in self]
-
-    def module_name(self) -> list[str]:
-        return [info["module"] for info in self]
-
-
 AttentionSpec = str | Sequence[bool | int | Sequence[int]]
 
 
@@ -166,8 +158,10 @@ def attention_blocks(attention: AttentionSpec, layers: Sequence[int]) -> list[se
 class ResNet(nn.Module):
     """ResNet V1.5 with optional MHSA stages (BoTNet), timm-style API.
 
-    ``x (B, in_chans, H, W)`` -> logits ``(B, num_classes)``; with ``features_only`` the list of stage maps
-    selected by ``out_indices`` (0: stem, reduction 2; 1-4: ``layer1..4``).
+    ``forward``: ``x (B, in_chans, H, W)`` -> logits ``(B, num_classes)`` (``(B, num_features)`` with
+    ``num_classes=0``, the unpooled ``(B, num_features, H / s, W / s)`` with ``global_pool=""`` too). The
+    feature maps come from :meth:`forward_intermediates` (index 0: the stem, reduction 2; 1-4: ``layer1..4``) or
+    from the ``features_only`` wrapper :func:`botnet.create_model` builds.
 
     Args:
         layers: blocks per stage (c2-c5), e.g. ``(3, 4, 6, 3)`` for 50 layers.
@@ -194,14 +188,13 @@ class ResNet(nn.Module):
         img_size: reference input size; the position tables are learned for its feature maps.
         num_classes: classifier outputs; 0 for none (``fc`` becomes ``Identity``).
         in_chans: input channels.
+        global_pool: ``"avg"``, ``"max"`` or ``""`` (no pooling: only with ``num_classes=0``).
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth, rising linearly to this rate over the blocks.
         zero_init_residual: zero the last BN gamma of each block.
-        features_only: return the stage maps instead of logits.
-        out_indices: which maps ``features_only`` returns.
         model_name: the registry row this model was built from (``create_model`` sets it).
-        pretrained_cfg: timm-style metadata updates (mean / std, crop fraction, ...); the input size, classes and
-            first conv are always the model's own.
+        pretrained_cfg: updates of timm's pretrained-cfg keys (mean / std, crop fraction, ...); the input sizes,
+            pool size, classes, first conv and classifier are always the model's own.
 
     The constructor arguments are kept in ``model_args`` (JSON-able): ``ResNet(**model.model_args)`` builds the
     same network, which is how :meth:`from_pretrained` rebuilds a saved one.
@@ -225,11 +218,10 @@ class ResNet(nn.Module):
         img_size: int | tuple[int, int] = 224,
         num_classes: int = 1000,
         in_chans: int = 3,
+        global_pool: str = "avg",
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         zero_init_residual: bool = True,
-        features_only: bool = False,
-        out_indices: Sequence[int] = (0, 1, 2, 3, 4),
         model_name: str = "resnet",
         pretrained_cfg: dict[str, Any] | None = None,
     ) -> None:
@@ -247,17 +239,15 @@ class ResNet(nn.Module):
             raise ValueError(f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate} and {drop_path_rate}")
         if act_layer not in ACT_LAYERS:
             raise ValueError(f"unknown act_layer {act_layer!r}; use one of {', '.join(ACT_LAYERS)}")
-        if not all(0 <= i <= 4 for i in out_indices):
-            raise ValueError(f"out_indices must be within 0..4 (stem, layer1..4), got {tuple(out_indices)}")
         if any(stride not in (1, 2) for stride in strides):
             raise ValueError(f"stage strides must be 1 or 2, got {tuple(strides)}")
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; use one of {', '.join(STEMS)}")
         act = ACT_LAYERS[act_layer]
         self.in_chans = in_chans
-        self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.img_size = img_size
+        self.grad_checkpointing = False
 
         self.conv1 = _stem_conv(stem, in_chans, stem_width, act)
         self.bn1 = nn.BatchNorm2d(stem_width)
@@ -267,7 +257,7 @@ class ResNet(nn.Module):
         attn_blocks = attention_blocks(attention, layers)
         # Host numbers, also when built under another default device (e.g. meta, to read shapes cheaply).
         block_rates = torch.linspace(0, drop_path_rate, sum(layers), device="cpu").tolist()
-        feature_info = FeatureInfo([dict(num_chs=stem_width, reduction=2, module="act")])
+        self.feature_info = FeatureInfo([dict(num_chs=stem_width, reduction=2, module="act")])
         in_chs, reduction, block_idx = stem_width, 4, 0
         for stage, (depth, stride, width, attn_idx) in enumerate(
             zip(layers, strides, channels, attn_blocks, strict=True), start=1
@@ -293,29 +283,27 @@ class ResNet(nn.Module):
                     raise ValueError(f"layer{stage}.{i}: {err}") from None
                 in_chs, reduction, block_idx = width * EXPANSION, reduction * block_stride, block_idx + 1
             self.add_module(f"layer{stage}", nn.Sequential(*blocks))
-            feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=f"layer{stage}"))
-        self.num_features = in_chs
+            self.feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=f"layer{stage}"))
+        self.num_features = self.head_hidden_size = in_chs
         self.output_stride = reduction
 
-        self.features_only = features_only
-        self.out_indices = tuple(out_indices)
-        self.feature_info = FeatureInfo(feature_info[i] for i in self.out_indices) if features_only else feature_info
-        if features_only:
-            self.avgpool: nn.Module = nn.Identity()
-            self.fc: nn.Module = nn.Identity()
-        else:
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.reset_classifier(num_classes, global_pool)
         self._init_weights(zero_init_residual)
         self.pretrained_cfg = self._pretrained_cfg(pretrained_cfg or {}, stem)
         self.default_cfg = self.pretrained_cfg  # timm's older name
 
     def _pretrained_cfg(self, updates: dict[str, Any], stem: str) -> dict[str, Any]:
-        """timm-style metadata: ``updates`` over the defaults; input size, classes and first conv are the model's."""
-        cfg = {**DEFAULT_CFG, **updates}
+        """timm's pretrained cfg: ``updates`` over the defaults; the sizes, classes and layer names are the model's."""
+        unknown = sorted(set(updates) - set(PRETRAINED_CFG_KEYS))
+        if unknown:
+            raise ValueError(f"pretrained_cfg keys {unknown} are not timm's; use {', '.join(PRETRAINED_CFG_KEYS)}")
+        cfg = {**DEFAULT_CFG, "architecture": self.model_name, **updates}
+        input_size = (self.in_chans, *self.img_size)
         cfg.update(
-            architecture=self.model_name,
-            input_size=(self.in_chans, *self.img_size),
+            input_size=input_size,
+            test_input_size=input_size,
+            min_input_size=(self.in_chans, self.min_input_size, self.min_input_size),
+            pool_size=feat_size_for(self.img_size, self.output_stride),
             num_classes=self.num_classes,
             first_conv="conv1.0" if stem == "tiered" else "conv1",
             classifier="fc",
@@ -363,35 +351,125 @@ class ResNet(nn.Module):
                 f"{self.min_input_size}x{self.min_input_size} (its output stride); resize or pad the images"
             )
 
-    def _stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Stem and stage outputs up to the last one needed: ``[stem, layer1, ...]``."""
-        self.check_input(x)
-        last = max(self.out_indices) if self.features_only else 4
-        outs = [self.act(self.bn1(self.conv1(x)))]
-        x = self.maxpool(outs[0])
-        for stage in range(1, last + 1):
-            x = getattr(self, f"layer{stage}")(x)
-            outs.append(x)
-        return outs
+    # --- timm's model API ------------------------------------------------------------------------------------
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (less memory, ~1/3
+        more compute). BatchNorm running statistics are updated in the recomputation too."""
+        self.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters timm's optimizer factory leaves undecayed: position tables, norm weights and biases."""
+        return {name for name, param in self.named_parameters() if param.ndim <= 1 or ".pos_embed." in name}
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Parameter groups for layer-wise learning-rate decay (timm): the stem, then per block (per stage if
+        ``coarse``); the classifier, matched by neither, is the last group."""
+        return dict(stem=r"^conv1|^bn1", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh classifier for ``num_classes`` outputs (0: none) and, if given, another ``global_pool``
+        (``"avg"``, ``"max"``, ``""``: none, leaving ``(B, C, h, w)`` maps; only without a classifier)."""
+        global_pool = self.global_pool if global_pool is None else global_pool
+        if global_pool and global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"unknown global_pool {global_pool!r}; use one of {', '.join(GLOBAL_POOLS)} or ''")
+        if not global_pool and num_classes:
+            raise ValueError("global_pool='' (no pooling) needs num_classes=0: the classifier takes pooled features")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.avgpool: nn.Module = GLOBAL_POOLS[global_pool](1) if global_pool else nn.Identity()
+        self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The feature maps of ``indices`` (of :attr:`feature_info`: 0 stem, 1-4 ``layer1..4``) as timm returns them.
+
+        Args:
+            x: ``(B, in_chans, H, W)``.
+            indices: ``None`` (all five), ``n`` (the last ``n``) or a list of indices.
+            norm: accepted for timm's API; a ResNet has no final norm.
+            stop_early: run no stage after the last index taken.
+            output_fmt: ``"NCHW"`` only.
+            intermediates_only: return only the maps.
+
+        Returns:
+            ``(last map, [maps])`` or ``[maps]``; map ``i`` is ``(B, feature_info[i]["num_chs"], H / r, W / r)``
+            with ``r`` its reduction (rounded up).
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.feature_info), indices)
+        x, intermediates = self._forward_stages(x, take, last if stop_early else len(self.feature_info) - 1)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and the pooling + classifier if ``prune_head``), for a
+        model used for feature maps only; returns the indices taken (see :meth:`forward_intermediates`)."""
+        take, last = feature_take_indices(len(self.feature_info), indices)
+        for stage in range(last + 1, len(self.feature_info)):
+            setattr(self, f"layer{stage}", nn.Identity())
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W)`` -> the last stage's map ``(B, num_features, H / s, W / s)``."""
-        return self._stages(x)[-1]
+        return self._forward_stages(x, (), len(self.feature_info) - 1)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool the last map and classify: ``(B, C, h, w)`` -> ``(B, num_classes)`` (or ``(B, C)``)."""
-        x = torch.flatten(self.avgpool(x), 1)
+        if self.global_pool:
+            x = torch.flatten(self.avgpool(x), 1)
         if self.drop_rate:
             x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one for ``num_classes`` outputs (0 removes it)."""
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+    def forward(self, x: torch.Tensor, return_attention: bool = False) -> Any:
+        """``x (B, in_chans, H, W)`` -> logits ``(B, num_classes)``.
 
-    def get_classifier(self) -> nn.Module:
-        return self.fc
+        ``return_attention=True`` (not traced: FX and export see the plain path) returns ``(logits, attn)``:
+        ``attn`` maps each MHSA layer's name (e.g. ``"layer4.0.conv2"``) to its softmax weights
+        ``(B, heads, H*W, H*W)`` (see :func:`botnet.capture_attention`).
+        """
+        if not isinstance(return_attention, torch.fx.Proxy) and return_attention:  # FX: the plain path
+            with capture_attention(self) as attn:
+                out = self.forward_head(self.forward_features(x))
+            return out, dict(attn)
+        return self.forward_head(self.forward_features(x))
+
+    def _forward_stages(
+        self, x: torch.Tensor, take: Sequence[int], last: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stem and ``layer1..last``: the last map and the maps of ``take`` (feature indices), in order."""
+        if not isinstance(x, torch.fx.Proxy):  # FX traces no Python branch on sizes
+            self.check_input(x)
+        x = self.act(self.bn1(self.conv1(x)))
+        intermediates = [x] if 0 in take else []
+        x = self.maxpool(x)
+        for stage in range(1, last + 1):
+            blocks = getattr(self, f"layer{stage}")
+            if self.grad_checkpointing and not isinstance(x, torch.fx.Proxy):
+                for block in blocks:
+                    x = recompute(block, x, use_reentrant=False)
+            else:
+                x = blocks(x)
+            if stage in take:
+                intermediates.append(x)
+        return x, intermediates
+
+    # --- persistence -----------------------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Write ``model.safetensors`` + ``config.json`` into ``directory`` (atomically); returns the directory.
@@ -425,15 +503,16 @@ class ResNet(nn.Module):
                 "with botnet.detection (botnet detect eval / predict)"
             )
         if "model_args" in config:
-            kwargs = dict(config["model_args"])
+            # features_only / out_indices: saved by versions whose ResNet returned feature maps itself
+            kwargs = {k: v for k, v in config["model_args"].items() if k not in ("features_only", "out_indices")}
         else:
             kwargs = resolve_model_args(
                 config["architecture"], config["num_classes"], config["in_chans"], **config.get("overrides", {})
             )
-        # the saved crop_pct / mean / std; input size and classes follow the (possibly overridden) arguments
-        kwargs.update(
-            overrides, pretrained_cfg={**kwargs.get("pretrained_cfg", {}), **config.get("pretrained_cfg", {})}
-        )
+        # the saved crop_pct / mean / std (less the library's own facts that older versions kept there); input
+        # size and classes follow the (possibly overridden) arguments
+        saved_cfg = {k: v for k, v in config.get("pretrained_cfg", {}).items() if k not in LIBRARY_KEYS}
+        kwargs.update(overrides, pretrained_cfg={**kwargs.get("pretrained_cfg", {}), **saved_cfg})
         try:
             model = cls(**kwargs)
         except (TypeError, ValueError) as err:
@@ -442,20 +521,3 @@ class ResNet(nn.Module):
             model, checkpoint.pretrained_weights_path(directory), trained_for=config["architecture"]
         )
         return model
-
-    def forward(
-        self, x: torch.Tensor, return_attention: bool = False
-    ) -> torch.Tensor | list[torch.Tensor] | tuple[Any, dict[str, torch.Tensor]]:
-        """Logits ``(B, num_classes)``, or with ``features_only`` the selected stage maps.
-
-        With ``return_attention=True`` returns ``(output, attn)``: ``attn`` maps each MHSA layer's name
-        (e.g. ``"layer4.0.conv2"``) to its softmax weights ``(B, heads, H*W, H*W)``.
-        """
-        if return_attention:
-            with capture_attention(self) as attn:
-                out = self.forward(x)
-            return out, dict(attn)
-        if self.features_only:
-            outs = self._stages(x)
-            return [outs[i] for i in self.out_indices]
-        return self.forward_head(self.forward_features(x))

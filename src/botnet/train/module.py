@@ -44,6 +44,8 @@ class ImageClassifier(PretrainedModule):
         lr: peak learning rate.
         weight_decay: decoupled (AdamW, LAMB) or L2 (SGD) weight decay; timm exempts biases and norms.
         momentum: SGD momentum.
+        layer_decay: layer-wise learning-rate decay (timm, over the model's ``group_matcher``): the classifier
+            learns at ``lr``, each block before it at ``layer_decay`` times the next one's rate; ``None``: off.
         sched: ``"cosine"``, ``"poly"`` or ``"none"`` (constant).
         warmup_epochs: linear warmup from ``warmup_lr``.
         warmup_lr: learning rate at the first step.
@@ -51,6 +53,7 @@ class ImageClassifier(PretrainedModule):
         smoothing: label smoothing.
         mixup: mixup alpha (0 = off).
         cutmix: cutmix alpha (0 = off).
+        channels_last: keep the model's weights and the input images in ``channels_last`` memory format.
         model: an already built network to train or evaluate instead of building one from ``model_name`` (not a
             hyperparameter: checkpoints rebuild it from the other arguments).
     """
@@ -67,6 +70,7 @@ class ImageClassifier(PretrainedModule):
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         momentum: float = 0.9,
+        layer_decay: float | None = None,
         sched: str = "cosine",
         warmup_epochs: int = 1,
         warmup_lr: float = 1e-5,
@@ -74,6 +78,7 @@ class ImageClassifier(PretrainedModule):
         smoothing: float = 0.1,
         mixup: float = 0.0,
         cutmix: float = 0.0,
+        channels_last: bool = False,
         model: ResNet | None = None,
     ) -> None:
         super().__init__()
@@ -82,7 +87,7 @@ class ImageClassifier(PretrainedModule):
         self.save_hyperparameters(ignore=["model"])
         if model is None:
             model = create_model(model_name, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {}))
-        self.model = model
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.model.pretrained_cfg.update(pretrained_cfg or {})
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         if len(self.class_names) != num_classes:
@@ -126,6 +131,8 @@ class ImageClassifier(PretrainedModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W)`` -> logits ``(B, num_classes)``."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -176,7 +183,12 @@ class ImageClassifier(PretrainedModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         optimizer = create_optimizer_v2(
-            self.model, opt=hp.opt, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum
+            self.model,
+            opt=hp.opt,
+            lr=hp.lr,
+            weight_decay=hp.weight_decay,
+            momentum=hp.momentum,
+            layer_decay=hp.layer_decay,
         )
         if hp.sched == "none":
             return optimizer

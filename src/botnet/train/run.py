@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from botnet.checkpoint import CheckpointError, clean_stale_temps, jsonable, read_checkpoint, read_config, write_json
 from botnet.cli.common import UsageError, save_config, trainer_placement
 from botnet.data import ImageFiles, channel_mode, collate_readable, eval_transform, find_images
+from botnet.models import load_pretrained
 from botnet.train.callbacks import (
     LAST,
     AtomicCheckpointIO,
@@ -74,6 +75,7 @@ def build_module(args: argparse.Namespace, class_names: list[str]) -> ImageClass
             lr=args.lr,
             weight_decay=args.weight_decay,
             momentum=args.momentum,
+            layer_decay=args.layer_decay,
             sched=args.sched,
             warmup_epochs=args.warmup_epochs,
             warmup_lr=args.warmup_lr,
@@ -81,9 +83,13 @@ def build_module(args: argparse.Namespace, class_names: list[str]) -> ImageClass
             smoothing=args.smoothing,
             mixup=args.mixup,
             cutmix=args.cutmix,
+            channels_last=args.channels_last,
         )
     except ValueError as err:
         raise UsageError(f"--model {args.model} --model-kwargs: {err}") from None
+    module.model.set_grad_checkpointing(args.grad_checkpointing)
+    if args.initial_checkpoint and args.checkpoint is None:  # a resumed run continues from its own weights
+        load_pretrained(module.model, args.initial_checkpoint)  # logs what was left out
     if args.img_size < module.model.min_input_size:
         raise UsageError(
             f"--img-size {args.img_size} is below {args.model}'s minimum input {module.model.min_input_size}"
