@@ -246,7 +246,8 @@ class MHSA2d(nn.Module):
         takes ``"explicit"``, what eager mode takes at the sizes FX is used at, so that traced and eager outputs
         are bit-identical there (timm's and torchvision's FX contract). In eager mode, ``"explicit"`` up to a
         token count where its ``N x N`` matrices are small and its few ops are fastest, then ``"chunked"`` on the
-        CPU and ``"sdpa"`` (flash widths, half precision) or ``"flex"`` on CUDA. The thresholds are measured, see the constants.
+        CPU and ``"sdpa"`` (flash widths, half precision) or ``"flex"`` on CUDA. The thresholds are measured (see
+        the constants).
         """
         if self.capture:
             return "explicit"
