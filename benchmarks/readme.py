@@ -86,7 +86,29 @@ ROWS: list[tuple[str, str, list[tuple[str, Cell]], list[tuple[str, Cell]]]] = [
         ],
     ),
     (
-        "MHSA layer peak memory at 64×64 tokens, fused ÷ explicit (fwd+bwd)",
+        'MHSA layer at 64×64 tokens, `attn_impl="auto"` (chunked on CPU) ÷ explicit, fwd+bwd: peak memory',
+        "≤ 0.25×",
+        [
+            (
+                "1 thread",
+                Cell("attention_memory-cpu-fp32-impls.csv", dict(layer="botnet:auto", N="4096"), "peak_vs_explicit"),
+            )
+        ],
+        [],
+    ),
+    (
+        "the same: time",
+        "≤ 0.8×",
+        [
+            (
+                "1 thread",
+                Cell("attention_memory-cpu-fp32-impls.csv", dict(layer="botnet:auto", N="4096"), "time_vs_explicit"),
+            )
+        ],
+        [],
+    ),
+    (
+        'MHSA layer peak memory at 64×64 tokens, SDPA fold (`"sdpa"`, earlier `fused`) ÷ explicit (fwd+bwd)',
         "≤ 0.25×",
         [("", fused_memory("attention_memory-cpu-fp32.csv"))],
         [
@@ -95,7 +117,7 @@ ROWS: list[tuple[str, str, list[tuple[str, Cell]], list[tuple[str, Cell]]]] = [
         ],
     ),
     (
-        "MHSA layer time at 64×64 tokens, fused ÷ explicit (fwd+bwd)",
+        "MHSA layer time at 64×64 tokens, SDPA fold ÷ explicit (fwd+bwd)",
         "",
         [("", Cell("attention_memory-cpu-fp32.csv", dict(layer="botnet:fused", N="4096"), "time_vs_explicit"))],
         [
@@ -123,11 +145,15 @@ FILES = [
     ("throughput-cuda-fp32.md", "throughput, H200 fp32"),
     ("throughput-cuda-bf16-b64.md", "throughput, H200 bf16, batch 64"),
     ("throughput-cuda-bf16-compile.md", "torch.compile, H200 bf16"),
-    ("attention_memory-cpu-fp32.md", "MHSA layer memory/time, 16² to 96² tokens, CPU"),
+    ("attention_memory-cpu-fp32-impls.md", "MHSA layer memory/time of every attn_impl, 32² and 64² tokens, CPU"),
+    ("attention_memory-cpu-fp32-thresholds.md", "the sweep behind auto's CPU threshold (8² to 32² tokens)"),
+    ("attention_memory-cpu-fp32.md", "MHSA layer memory/time, 16² to 96² tokens, CPU (fused = sdpa)"),
     ("attention_memory-cuda-bf16.md", "the same on the H200, with the SDPA kernel chosen (fp32: `-fp32.md`)"),
     ("model_memory-cpu-fp32.md", "whole-model peak memory, 256 to 1024 px (GPU: `model_memory-cuda-fp32.md`)"),
     ("profile_step-cpu-fp32.md", "profiler: where a training step's time goes on the CPU"),
     ("profile_step-cuda-bf16.md", "the same on the H200"),
+    ("model_memory-cpu-fp32-gradckpt.md", "training-step peak memory with grad checkpointing, CPU"),
+    ("loader_throughput-cpu-fp32.md", "loader images/s: WebDataset shards vs ImageFolder, 2 workers"),
     ("flops.md", "FLOPs and parameters next to the paper's"),
     ("amp_check-cuda-bf16.md", "bf16 training steps: finite losses and gradients, fused vs explicit"),
 ]
