@@ -140,13 +140,15 @@ def test_eval_prints_and_writes_parsable_results(run: Path, folder: Path, capsys
     assert eval_main(["--checkpoint", str(run), "--json", "--accelerator", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 12 and result["data"] == str(folder.resolve()) and result["split"] == "val"
+    assert result["skipped"] == 0
     assert 0 <= result["top1"] <= result["top5"] == 1.0  # 3 classes: top-5 is top-3
     assert Path(result["confusion_matrix"]).is_file()
     assert json.loads((run / "eval.json").read_text()) == result
 
     assert eval_main(["--checkpoint", str(run), "--accelerator", "cpu", "--split", "train"]) == 0
     text = capsys.readouterr().out
-    assert re.search(r"train: 37 images, top-1 \d+\.\d\d%, top-5 100\.00%", text), text
+    # 36 readable images; the corrupt one is counted once as skipped, not replaced by a neighbour counted twice
+    assert re.search(r"train: 36 images \(1 unreadable, skipped\), top-1 \d+\.\d\d%, top-5 100\.00%", text), text
 
 
 def test_predict_prints_topk_with_names(run: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
