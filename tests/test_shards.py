@@ -271,4 +271,4 @@ def test_missing_manifest_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.parametrize("config", CONFIGS, ids=[path.stem for path in CONFIGS])
 def test_shipped_configs_parse(config: Path) -> None:
     args = parse_args(["--config", str(config), "--out", "runs/x"])
-    assert args.data.startswith("wds:") and args.epochs >= 1 and args.batch_size >= 1
+    assert args.data.startswith(("wds:", "imagenette:")) and args.epochs >= 1 and args.batch_size >= 1

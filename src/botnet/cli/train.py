@@ -27,7 +27,7 @@ from botnet.cli.common import (
     add_max_pixels_arg,
     parse_layered,
 )
-from botnet.data import MNIST5K
+from botnet.data import MNIST5K, is_imagenette, parse_imagenette
 from botnet.models import get_model_cfg
 from botnet.train.data import AUGMENTS, data_defaults
 from botnet.train.module import SCHEDULES
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  botnet train --data mnist5k --model botnet26 --epochs 10 --out runs/mnist\n"
+        "  botnet train --config configs/imagenette_bot50.yaml --data imagenette:imagenette2-320\n"
         "  botnet train --data imagenette2-320 --devices 4 --strategy ddp --auto-augment rand-m9-mstd0.5\n"
         "  botnet train --resume runs/mnist                  # continue an interrupted run",
     )
@@ -68,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--data",
         default=MNIST5K,
-        help=f"'{MNIST5K}' (embedded, no download), an ImageFolder root with train/<class>/ and val/<class>/, or "
-        "wds:ROOT, WebDataset shards made by botnet data pack (default: %(default)s)",
+        help=f"'{MNIST5K}' (embedded, no download), an ImageFolder root with train/<class>/ and val/<class>/, "
+        "imagenette:PATH[:NOISE] (the official Imagenette folder, split and labelled by its noisy_imagenette.csv: "
+        "NOISE 0, 1, 5, 25 or 50 per cent, default 0), or wds:ROOT, WebDataset shards made by botnet data pack "
+        "(default: %(default)s)",
     )
     data.add_argument("--img-size", type=int, help="input side (default: 64 for mnist5k, else the model's)")
     data.add_argument("--in-chans", type=int, choices=(1, 3), help="1 = grayscale, 3 = RGB (default: 1 for mnist5k)")
@@ -172,6 +175,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
     args = parse_layered(parser, argv, base=saved)
     args.checkpoint = checkpoint
+    if is_imagenette(args.data):
+        try:
+            parse_imagenette(args.data)
+        except ValueError as err:
+            parser.error(f"--data {err}")
     try:
         cfg = get_model_cfg(args.model)
     except ValueError as err:

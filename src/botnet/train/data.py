@@ -1,5 +1,6 @@
-"""``ImageDataModule``: an ImageFolder tree (``root/train/<class>``, ``root/val/<class>``), WebDataset shards
-(``wds:ROOT``, :mod:`botnet.data.shards`) or ``mnist5k``, with timm / torchvision transforms, as a Lightning
+"""``ImageDataModule``: an ImageFolder tree (``root/train/<class>``, ``root/val/<class>``), the official Imagenette
+tree split and labelled by its csv (``imagenette:PATH[:NOISE]``), WebDataset shards (``wds:ROOT``,
+:mod:`botnet.data.shards`) or ``mnist5k``, with timm / torchvision transforms, as a Lightning
 ``LightningDataModule``."""
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets.folder import find_classes
 from torchvision.transforms import InterpolationMode, v2
 
-from botnet.data import MAX_PIXELS, MNIST5K, CheckedImageFolder, MNIST5k, channel_mode, eval_transform
+from botnet.data import (
+    MAX_PIXELS,
+    MNIST5K,
+    CheckedImageFolder,
+    ImagenetteFolder,
+    MNIST5k,
+    channel_mode,
+    eval_transform,
+    is_imagenette,
+    parse_imagenette,
+    read_imagenette_csv,
+)
 from botnet.data.shards import ShardDataset, ShardLoader, is_shards, read_manifest, shard_root
 
 AUGMENTS = ("rrc", "affine")
@@ -40,14 +52,19 @@ def resolve_data(data: str) -> str:
         return data
     if is_shards(data):
         return f"wds:{Path(shard_root(data)).resolve()}"
+    if is_imagenette(data):
+        root, noise = parse_imagenette(data)
+        return f"imagenette:{root.resolve()}:{noise}"
     return str(Path(data).resolve())
 
 
 def read_class_names(data: str) -> list[str]:
-    """The class names of ``data`` (``mnist5k``, ``wds:ROOT`` with train and val shards, or an ImageFolder root
-    with ``train/`` and ``val/``), checked."""
+    """The class names of ``data`` (``mnist5k``, ``wds:ROOT`` with train and val shards, ``imagenette:PATH[:NOISE]``:
+    the synset folders its csv names, or an ImageFolder root with ``train/`` and ``val/``), checked."""
     if data == MNIST5K:
         return list(MNIST5k.classes)
+    if is_imagenette(data):
+        return read_imagenette_csv(*parse_imagenette(data)).classes
     if is_shards(data):
         manifest = read_manifest(shard_root(data))
         for split in ("train", "val"):
@@ -189,7 +206,7 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """Train / val / test loaders over ``mnist5k``, an ImageFolder tree or WebDataset shards.
+    """Train / val / test loaders over ``mnist5k``, an ImageFolder tree, the Imagenette tree or WebDataset shards.
 
     Batches are ``(images (B, C, H, W), labels (B,))``. In evaluation batches an unreadable image has the label
     :data:`~botnet.data.SKIPPED` (and zeros as pixels): it is left out of the metrics and counted.
@@ -200,8 +217,9 @@ class ImageDataModule(pl.LightningDataModule):
     checkpoints (:class:`~botnet.data.shards.ShardLoader`).
 
     Args:
-        data: ``"mnist5k"``, ``"wds:ROOT"`` (a shard root with ``train`` and ``val`` shards) or the root of an
-            ImageFolder tree with ``train/`` and ``val/``.
+        data: ``"mnist5k"``, ``"wds:ROOT"`` (a shard root with ``train`` and ``val`` shards),
+            ``"imagenette:PATH[:NOISE]"`` (the official Imagenette tree: split by its csv's ``is_valid``, labelled by
+            its ``noisy_labels_{NOISE}`` column) or the root of an ImageFolder tree with ``train/`` and ``val/``.
         img_size: side of the square model input.
         in_chans: 1 (images converted to grayscale) or 3 (RGB).
         mean, std: normalisation, one value per channel (the model's ``pretrained_cfg``).
@@ -262,7 +280,11 @@ class ImageDataModule(pl.LightningDataModule):
             )
         else:
             on_error = "next" if train else "skip"  # evaluation counts each image once, readable or not
-            dataset = CheckedImageFolder(Path(self.data) / split, self.mode, transform, on_error, self.max_pixels)
+            if is_imagenette(self.data):
+                root, noise = parse_imagenette(self.data)
+                dataset = ImagenetteFolder(root, split, noise, self.mode, transform, on_error, self.max_pixels)
+            else:
+                dataset = CheckedImageFolder(Path(self.data) / split, self.mode, transform, on_error, self.max_pixels)
         return SeededSamples(dataset, self.seed) if train else dataset
 
     def setup(self, stage: str) -> None:
