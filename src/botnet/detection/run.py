@@ -65,6 +65,8 @@ def fit(args: argparse.Namespace) -> tuple[pl.Trainer, DetectionModule]:
         frozen_bn=args.frozen_bn,
         trainable_layers=args.trainable_layers,
         backbone_kwargs=dict(args.backbone_arg),
+        **({"anchor_sizes": list(args.anchor_sizes)} if args.anchor_sizes else {}),
+        **args.detector_arg,
     )
     optim = dict(lr=args.lr, warmup_steps=args.warmup_steps)
     module = DetectionModule(
