@@ -108,6 +108,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument(
             "--warmup-steps", type=int, default=100, help="linear LR warm-up, at most a tenth of the run's steps"
         )
+        parser.add_argument(
+            "--hflip", type=float, default=0.5, help="horizontal flip probability (0 for digits, text, ...)"
+        )
         parser.add_argument("--workers", type=count, default=0, help="dataloader workers")
         parser.add_argument("--strict", action="store_true", help="annotation problems are errors, not warnings")
         parser.add_argument("--seed", type=int, default=0)

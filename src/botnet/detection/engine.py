@@ -209,6 +209,7 @@ class CocoDataModule(L.LightningDataModule):
         strict: annotation problems raise instead of a counted warning.
         max_pixels: the image loader's pixel limit. Unreadable images are replaced by the next one in training,
             left out (and counted) in validation.
+        hflip: probability of a horizontal flip of a training image.
     """
 
     def __init__(
@@ -220,6 +221,7 @@ class CocoDataModule(L.LightningDataModule):
         with_masks: bool = True,
         strict: bool = False,
         max_pixels: float | None = MAX_PIXELS,
+        hflip: float = 0.5,
     ) -> None:
         super().__init__()
         if train is None and val is None:
@@ -230,12 +232,15 @@ class CocoDataModule(L.LightningDataModule):
         self.val_set: CocoDetection | None = None
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.hflip = hflip
 
     def setup(self, stage: str = "fit") -> None:
         """Read and check the annotation files (once)."""
         if self.train_set is None and self.splits["train"] is not None and stage == "fit":
             train = self.splits["train"]
-            self.train_set = CocoDetection(*train, detection_transforms(True), drop_empty=True, **self.options)
+            self.train_set = CocoDetection(
+                *train, detection_transforms(True, self.hflip), drop_empty=True, **self.options
+            )
         if self.val_set is None and self.splits["val"] is not None:
             self.val_set = CocoDetection(
                 *self.splits["val"], detection_transforms(False), on_error="skip", **self.options

@@ -57,6 +57,7 @@ def fit(args: argparse.Namespace) -> tuple[pl.Trainer, DetectionModule]:
         with_masks=head == "maskrcnn",
         strict=args.strict,
         max_pixels=args.max_pixels,
+        hflip=args.hflip,
     )
     reference = data.reference
     detector_kwargs = dict(
