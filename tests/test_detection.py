@@ -255,6 +255,18 @@ def test_demo_splits_hold_every_digit_class(tmp_path: Path) -> None:
         assert {a["category_id"] for a in coco["annotations"]} == set(range(1, 11)), split
 
 
+def test_hflip_zero_leaves_training_images_unflipped(demo: Path) -> None:
+    # mirroring changes digits (a flipped 2 is no digit), so the demo trains with --hflip 0
+    split = (demo / "train", demo / "annotations/instances_train.json")
+    data = CocoDataModule(split, hflip=0.0, with_masks=False)
+    data.setup()
+    raw = CocoDetection(*split, with_masks=False)
+    for index in range(4):
+        image, target = data.train_set[index]
+        torch.testing.assert_close(image, raw[index][0].float() / 255)
+        torch.testing.assert_close(target["boxes"].as_subclass(torch.Tensor), raw[index][1]["boxes"].float())
+
+
 def _bad_coco(tmp_path: Path) -> Path:
     """Two 64x48 images; annotations with one problem of each kind, one clean, one crowd."""
     for name in ("a.png", "b.png"):
