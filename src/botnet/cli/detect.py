@@ -30,7 +30,7 @@ from botnet.cli.common import (
     positive_int,
     quiet_lightning,
 )
-from botnet.detection.builders import list_detectors
+from botnet.detection.builders import PYRAMID_LEVELS, list_detectors
 
 PROG = "botnet detect"
 MAKE_DEMO, TRAIN, EVAL, PREDICT = "make-demo-data", "train", "eval", "predict"
@@ -79,15 +79,38 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         )
         parser.add_argument("--fpn-channels", type=positive_int, default=256)
         parser.add_argument(
+            "--anchor-sizes",
+            type=float,
+            nargs=PYRAMID_LEVELS,
+            metavar="PX",
+            help="RPN anchor side per FPN level (strides 4..64), pixels of the resized image "
+            "(default torchvision's 32 64 128 256 512; match the objects, e.g. 8 16 32 64 128 for small ones)",
+        )
+        parser.add_argument(
+            "--detector-arg",
+            action=ParseKwargs,
+            default={},
+            metavar="KEY=VALUE",
+            help="torchvision MaskRCNN/FasterRCNN argument, repeatable, e.g. rpn_batch_size_per_image=64, "
+            "min_size=192, box_detections_per_img=20",
+        )
+        parser.add_argument(
             "--backbone-weights", type=Path, help="classifier weights to start the backbone from (file or run folder)"
         )
-        parser.add_argument("--frozen-bn", action="store_true", help="FrozenBatchNorm2d in the backbone")
+        parser.add_argument(
+            "--frozen-bn", action="store_true", help="FrozenBatchNorm2d in the backbone (needs --backbone-weights)"
+        )
         parser.add_argument("--trainable-layers", type=int, default=5, choices=range(6))
         parser.add_argument("--epochs", type=positive_int, default=12)
         parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
         parser.add_argument("--batch-size", type=positive_int, default=2)
         parser.add_argument("--lr", type=float, default=0.02)
-        parser.add_argument("--warmup-steps", type=int, default=100)
+        parser.add_argument(
+            "--warmup-steps", type=int, default=100, help="linear LR warm-up, at most a tenth of the run's steps"
+        )
+        parser.add_argument(
+            "--hflip", type=float, default=0.5, help="horizontal flip probability (0 for digits, text, ...)"
+        )
         parser.add_argument("--workers", type=count, default=0, help="dataloader workers")
         parser.add_argument("--strict", action="store_true", help="annotation problems are errors, not warnings")
         parser.add_argument("--seed", type=int, default=0)
@@ -113,6 +136,24 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
+# create_detector arguments that have a flag of their own.
+OWN_FLAGS = {name: f"--{name.replace('_', '-')}" for name in ("image_size", "fpn_channels", "anchor_sizes")}
+OWN_FLAGS |= {"frozen_bn": "--frozen-bn", "trainable_layers": "--trainable-layers", "backbone_kwargs": "--backbone-arg"}
+OWN_FLAGS |= {"backbone_weights": "--backbone-weights", "num_classes": "the data's categories"}
+
+
+def check_train_args(args: argparse.Namespace) -> None:
+    """:class:`UsageError` for ``train`` options that cannot work together."""
+    if args.frozen_bn and not args.backbone_weights:
+        raise UsageError(
+            "--frozen-bn needs --backbone-weights: from scratch, every block's last BatchNorm starts at zero, "
+            "so frozen it would zero every residual branch (MHSA included) for good"
+        )
+    for key in args.detector_arg:
+        if key in OWN_FLAGS:
+            raise UsageError(f"--detector-arg {key}: set it with {OWN_FLAGS[key]}")
+
+
 def _usage() -> str:
     lines = [f"usage: {PROG} <command> [options]   ({PROG} <command> --help for its options)", "", __doc__, "commands:"]
     lines += [f"  {name:<15} {help_}" for name, help_ in SUBCOMMANDS.items()]
@@ -133,6 +174,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for flag in ("batch_size", "epochs", "image_size"):  # also when they come from --config
         if getattr(args, flag, 1) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.command == TRAIN:
+        check_train_args(args)
     return args
 
 

@@ -85,8 +85,9 @@ def botnet_fpn_backbone(
         model_name: a name from :func:`botnet.list_models`, e.g. ``"botnet50"`` or ``"resnet50"``.
         weights: optional local classifier state_dict to start from (nothing is ever downloaded), loaded
             partially (:func:`load_backbone_weights`); its position tables are resampled to ``img_size``'s.
-        frozen_bn: replace BatchNorm by ``FrozenBatchNorm2d`` (sensible with ``weights``; from scratch the
-            frozen layers are identities).
+        frozen_bn: replace BatchNorm by ``FrozenBatchNorm2d``: only with ``weights`` (or weights loaded later,
+            as when a trained detector is rebuilt); from scratch every block's last BN is zero-initialised, so
+            frozen it zeroes every residual branch for good.
         trainable_layers: how many of ``layer4, layer3, layer2, layer1, conv1`` keep gradients (5 = all).
         returned_layers: which of ``layer1..4`` feed the pyramid.
         out_channels: pyramid width.

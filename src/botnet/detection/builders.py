@@ -9,15 +9,27 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from botnet.detection.backbone import botnet_fpn_backbone
 from botnet.models import get_model_cfg, list_models
 
 HEADS: dict[str, type[FasterRCNN]] = {"maskrcnn": MaskRCNN, "fasterrcnn": FasterRCNN}
+PYRAMID_LEVELS = 5  # FPN maps at strides 4, 8, 16, 32 and the max-pooled 64
+ASPECT_RATIOS = (0.5, 1.0, 2.0)  # torchvision's default, per level
+
+
+def anchor_generator(sizes: Sequence[float], aspect_ratios: Sequence[float] = ASPECT_RATIOS) -> AnchorGenerator:
+    """One anchor size per pyramid level (strides 4..64), each with ``aspect_ratios``; torchvision's default is
+    ``(32, 64, 128, 256, 512)``, in pixels of the resized image."""
+    if len(sizes) != PYRAMID_LEVELS or any(size <= 0 for size in sizes):
+        raise ValueError(f"anchor sizes: {PYRAMID_LEVELS} positive sizes (one per FPN level), got {tuple(sizes)}")
+    return AnchorGenerator(tuple((size,) for size in sizes), (tuple(aspect_ratios),) * PYRAMID_LEVELS)
 
 
 def list_detectors(pattern: str = "*") -> list[str]:
@@ -49,6 +61,7 @@ def create_detector(
     frozen_bn: bool = False,
     trainable_layers: int = 5,
     fpn_channels: int = 256,
+    anchor_sizes: Sequence[float] | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
     **detector_kwargs: Any,
 ) -> FasterRCNN:
@@ -71,6 +84,9 @@ def create_detector(
         frozen_bn: ``FrozenBatchNorm2d`` in the backbone.
         trainable_layers: backbone layers that keep gradients, 0-5.
         fpn_channels: width of the pyramid maps, which the RPN, box and mask heads take as input.
+        anchor_sizes: the RPN's anchor side per pyramid level (5, pixels of the resized image; default
+            torchvision's 32..512): match them to the objects, e.g. ``(8, 16, 32, 64, 128)`` for small ones
+            (:func:`anchor_generator`).
         backbone_kwargs: :func:`botnet.create_model` overrides, e.g. ``dict(channels=(8, 16, 32, 64))``.
         **detector_kwargs: torchvision ``MaskRCNN`` / ``FasterRCNN`` arguments (``min_size``,
             ``box_score_thresh``, ``box_detections_per_img``, ...).
@@ -79,6 +95,8 @@ def create_detector(
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background class too and must be >= 2, got {num_classes}")
     cfg = get_model_cfg(model_name)
+    if anchor_sizes is not None:
+        detector_kwargs["rpn_anchor_generator"] = anchor_generator(anchor_sizes)
     detector_kwargs.setdefault("min_size", image_size)
     detector_kwargs.setdefault("max_size", image_size)
     detector_kwargs.setdefault("image_mean", list(cfg.mean))

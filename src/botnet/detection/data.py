@@ -268,12 +268,13 @@ class CocoDetection(Dataset):
         return image, target
 
 
-def detection_transforms(train: bool) -> v2.Compose:
-    """Images to float in [0, 1]; for training also a horizontal flip, then boxes that became empty are removed.
+def detection_transforms(train: bool, hflip: float = 0.5) -> v2.Compose:
+    """Images to float in [0, 1]; for training also a horizontal flip with probability ``hflip``, then boxes that
+    became empty are removed. (0 for objects that mirroring changes, such as the demo set's digits.)
 
     Resizing and normalisation happen inside the detector (torchvision's ``GeneralizedRCNNTransform``).
     """
-    steps: list[v2.Transform] = [v2.RandomHorizontalFlip(0.5)] if train else []
+    steps: list[v2.Transform] = [v2.RandomHorizontalFlip(hflip)] if train and hflip > 0 else []
     steps += [v2.ToDtype(torch.float32, scale=True)]
     if train:
         steps.append(v2.SanitizeBoundingBoxes())

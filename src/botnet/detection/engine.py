@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,23 @@ from botnet.train.callbacks import PretrainedModule
 from botnet.train.data import ignore_interrupts
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
+WARMUP_FRACTION = 0.1  # warm-up never takes more than this share of a run
+
+
+def warmup_cosine(total: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR factor of step ``0..total``: linear warm-up from ``1e-3`` then cosine decay to 0 at ``total``.
+
+    The warm-up lasts ``min(warmup_steps, WARMUP_FRACTION * total)`` steps, so a short run still decays
+    (a 100-step warm-up in a 100-step run would end at the peak LR, never annealed).
+    """
+    warmup = min(warmup_steps, int(WARMUP_FRACTION * total))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 1e-3 + (1 - 1e-3) * step / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return factor
 
 
 class DetectionModule(PretrainedModule):
@@ -42,7 +60,7 @@ class DetectionModule(PretrainedModule):
         lr: peak SGD learning rate.
         momentum: SGD momentum.
         weight_decay: L2 penalty (not applied to norm layers or biases).
-        warmup_steps: linear warm-up from ``lr / 1000``.
+        warmup_steps: linear warm-up from ``lr / 1000``, at most a tenth of the run (:func:`warmup_cosine`).
         detector_kwargs: further :func:`~botnet.detection.create_detector` arguments.
         backbone_weights: local classifier state_dict to start the backbone from (only when training starts).
     """
@@ -122,6 +140,13 @@ class DetectionModule(PretrainedModule):
         images, targets = batch
         losses = self.model(images, targets)
         loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            parts = ", ".join(f"{k} {v.item():.3g}" for k, v in losses.items())
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            raise ValueError(
+                f"training loss is {loss.item()} at step {self.global_step} ({parts}; lr {lr:.3g}): "
+                f"the run diverged, try a lower --lr (was {self.hparams.lr:g}) or a longer --warmup-steps"
+            )
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=len(images))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
@@ -167,13 +192,7 @@ class DetectionModule(PretrainedModule):
             momentum=self.hparams.momentum,
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(self.hparams.warmup_steps, total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return 1e-3 + (1 - 1e-3) * step / warmup
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
+        factor = warmup_cosine(total, self.hparams.warmup_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -190,6 +209,7 @@ class CocoDataModule(L.LightningDataModule):
         strict: annotation problems raise instead of a counted warning.
         max_pixels: the image loader's pixel limit. Unreadable images are replaced by the next one in training,
             left out (and counted) in validation.
+        hflip: probability of a horizontal flip of a training image.
     """
 
     def __init__(
@@ -201,6 +221,7 @@ class CocoDataModule(L.LightningDataModule):
         with_masks: bool = True,
         strict: bool = False,
         max_pixels: float | None = MAX_PIXELS,
+        hflip: float = 0.5,
     ) -> None:
         super().__init__()
         if train is None and val is None:
@@ -211,12 +232,15 @@ class CocoDataModule(L.LightningDataModule):
         self.val_set: CocoDetection | None = None
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.hflip = hflip
 
     def setup(self, stage: str = "fit") -> None:
         """Read and check the annotation files (once)."""
         if self.train_set is None and self.splits["train"] is not None and stage == "fit":
             train = self.splits["train"]
-            self.train_set = CocoDetection(*train, detection_transforms(True), drop_empty=True, **self.options)
+            self.train_set = CocoDetection(
+                *train, detection_transforms(True, self.hflip), drop_empty=True, **self.options
+            )
         if self.val_set is None and self.splits["val"] is not None:
             self.val_set = CocoDetection(
                 *self.splits["val"], detection_transforms(False), on_error="skip", **self.options

