@@ -30,7 +30,10 @@ from botnet.detection.synthetic import split_digits
 from conftest import TINY, randomise_norms
 
 # pycocotools' own numpy-2 deprecation, once per decoded mask.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning"),
+]
 
 # A narrow BoTNet-26 (MHSA in both c5 blocks) and narrow heads keep every test at CPU speed.
 FAST = dict(
@@ -44,16 +47,6 @@ FAST = dict(
     box_batch_size_per_image=64,
     box_detections_per_img=20,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> None:
-    # On a 2-core machine shared with other jobs, two OpenMP threads spin against each other: these small
-    # models ran ~20x slower than with one thread (measured: 10 s vs 0.3 s per training step).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -37,14 +37,7 @@ SIZE = 32
 BODY = ["conv1", "bn1", "act", "maxpool", "layer1", "layer2", "layer3", "layer4"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> None:
-    # As in test_detection: two OpenMP threads spinning against each other on a loaded 2-core machine made these
-    # small models an order of magnitude slower (measured here: 17 s vs 0.7 s for the fastai fit).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import matplotlib
 import pytest
-import torch
 
 README = Path(__file__).parents[1] / "README.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def python_blocks() -> list[tuple[int, str]]:
@@ -21,16 +22,6 @@ def python_blocks() -> list[tuple[int, str]]:
 
 
 BLOCKS = python_blocks()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> None:
-    # As in test_detection: two OpenMP threads spinning against each other on a loaded 2-core machine made these
-    # small models an order of magnitude slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_readme_has_python_blocks() -> None:
