@@ -42,7 +42,9 @@ def rel_to_abs(x: torch.Tensor) -> torch.Tensor:
 
 def is_fx_tracing() -> bool:
     """Whether ``torch.fx.symbolic_trace`` (or ``create_feature_extractor``) is tracing: sizes are proxies then."""
-    return torch.fx._symbolic_trace.is_fx_tracing()
+    symbolic = torch.fx._symbolic_trace
+    check = getattr(symbolic, "is_fx_symbolic_tracing", None)  # torch >= 2.9; is_fx_tracing() warns there
+    return check() if check is not None else symbolic.is_fx_tracing()
 
 
 def is_tracing() -> bool:
