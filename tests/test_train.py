@@ -113,6 +113,15 @@ def test_model_flags_warm_start_checkpoint_channels_last_and_layer_decay(
     assert "loaded" not in caplog.text  # the same architecture: every tensor fits (partial loads: test_contract)
 
 
+def test_compile_trains_the_compiled_network_and_saves_plain_weights(folder: Path, run: Path, tmp_path: Path) -> None:
+    # aot_eager: dynamo captures the graphs and AOTAutograd builds the backward, as inductor would, without codegen
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    assert train_main(train_argv(folder, tmp_path / "compiled", "--compile", "aot_eager", "--epochs", "1")) == 0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the training and eval forwards
+    assert load_file(tmp_path / "compiled" / "model.safetensors").keys() == load_file(run / "model.safetensors").keys()
+
+
 def test_interrupt_leaves_a_resumable_checkpoint(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     class CtrlC(pl.Callback):
         def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
@@ -234,6 +243,7 @@ def test_atomic_checkpoint_write_never_tears_the_previous_file(tmp_path: Path) -
         (["--model-kwargs", "chanels=8"], "bad override"),
         (["--model-kwargs", "attention=c9"], "unknown stage 'c9'"),
         (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--compile", "tensorrtx"], "--compile tensorrtx: not a torch.compile backend"),
         (["--resume", "/nonexistent/run"], "not found"),
     ],
 )

@@ -88,6 +88,8 @@ def build_module(args: argparse.Namespace, class_names: list[str]) -> ImageClass
     except ValueError as err:
         raise UsageError(f"--model {args.model} --model-kwargs: {err}") from None
     module.model.set_grad_checkpointing(args.grad_checkpointing)
+    if args.compile:
+        module.model.compile(backend=args.compile)  # in place: state_dict keys and checkpoints are unchanged
     if args.initial_checkpoint and args.checkpoint is None:  # a resumed run continues from its own weights
         load_pretrained(module.model, args.initial_checkpoint)  # logs what was left out
     if args.img_size < module.model.min_input_size:
