@@ -56,8 +56,9 @@ MODELS = [
 ]
 QUICK_MODELS = [BASELINE, "botnet:botnet50", "botnet:botnet50:explicit", "timm:botnet50ts_256", "lucidrains:bot50"]
 PASSES = ("fwd", "fwd+bwd")
-# The issue's targets, checked at 256 px forward+backward: (model, reference, minimum speed ratio).
-TARGETS = [("botnet:botnet50", BASELINE, 0.9), ("botnet:botnet50", "timm:botnet50ts_256", 1.5)]
+# The issues' targets, checked at 256 px forward+backward: (model, reference, minimum speed ratio). Issue 14 raised
+# the first from 0.9x to 1.0x (the CPU training step; on the GPU 0.95x eager, 1.0x compiled).
+TARGETS = [("botnet:botnet50", BASELINE, 1.0), ("botnet:botnet50", "timm:botnet50ts_256", 1.5)]
 
 
 def run_cell(
