@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -413,6 +415,32 @@ class _LossHistory(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
+def test_evaluator_merges_the_ranks_shards_and_counts_repeated_images_once(
+    demo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two DDP ranks, each validating a shard; rank 1 also got rank 0's first image (as a padded DistributedSampler
+    # gives it), with wrong boxes: merged, every image counts once, with the first rank's detections
+    dataset = CocoDetection(demo / "val", demo / "annotations/instances_val.json")
+    ranks = [CocoEvaluator(dataset.coco, dataset.cat_ids) for _ in range(2)]
+    for rank, evaluator in enumerate(ranks):
+        for image_id in dataset.image_ids[rank::2] + dataset.image_ids[:1] * rank:
+            target = dataset.target(image_id)
+            wrong = rank == 1 and image_id == dataset.image_ids[0]
+            boxes = target["boxes"].as_subclass(torch.Tensor) + (20.0 if wrong else 0.0)
+            masks = target["masks"][:, None].float()
+            output = dict(boxes=boxes, labels=target["labels"], scores=torch.ones(len(boxes)), masks=masks)
+            evaluator.update([output], [image_id])
+    shards = [(evaluator.results, evaluator.image_ids) for evaluator in ranks]
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_gather_object", lambda out, _: out.__setitem__(slice(None), shards))
+    merged = CocoEvaluator(dataset.coco, dataset.cat_ids)
+    merged.synchronize()
+    assert sorted(merged.image_ids) == dataset.image_ids and len(merged.results) == dataset.report.annotations
+    metrics = merged.compute()
+    assert metrics["bbox_AP"] == metrics["segm_AP"] == 1.0  # the repeated image's wrong boxes were left out
+
+
 def test_warmup_is_at_most_a_tenth_of_the_run_and_the_lr_decays_within_it() -> None:
     short = warmup_cosine(total=100, warmup_steps=100)  # a 100-step warm-up in 100 steps never decayed
     assert short(0) == pytest.approx(1e-3) and short(10) == 1.0
@@ -536,3 +564,21 @@ def test_cli_make_data_train_eval_predict(demo: Path, tmp_path: Path, capsys: py
         main(["detect", "train", "--data", str(demo), "--model", "maskrcnn_botnet_fpn"])
     assert usage.value.code == 2
     assert "unknown detector" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_trains_on_two_ddp_processes_in_bf16(demo: Path, tmp_path: Path) -> None:
+    # the COCO-scale flags on the generated set: 2 CPU processes (gloo) stand in for GPUs, bf16 autocast for AMP
+    run = tmp_path / "run"
+    argv = ["detect", "train", "--data", str(demo), "--model", "maskrcnn_botnet26_fpn", "--image-size", "128"]
+    argv += ["--fpn-channels", "32", "--backbone-arg", "channels=(8,16,32,64)", "--backbone-arg", "stem_width=8"]
+    argv += ["--box-head-dim", "64", "--mask-head-dim", "16", "--max-steps", "2", "--out", str(run), "--threads", "1"]
+    argv += ["--accelerator", "cpu", "--devices", "2", "--num-nodes", "1", "--strategy", "ddp"]
+    argv += ["--precision", "bf16-mixed"]
+    result = subprocess.run(
+        [sys.executable, "-m", "botnet", *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("| segm |") == 2  # each rank scored the merged detections of both
+    assert read_checkpoint(run / "checkpoints/last.ckpt")["global_step"] == 2
+    assert (run / "model.safetensors").is_file()

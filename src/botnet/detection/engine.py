@@ -174,6 +174,7 @@ class DetectionModule(PretrainedModule):
 
     def on_validation_epoch_end(self) -> None:
         assert self.evaluator is not None
+        self.evaluator.synchronize()  # every rank scores all images, so the logged AP agrees across ranks
         self.coco_metrics = self.evaluator.compute()
         self.validated_step = self.global_step
         self.log_dict({f"val/{k}": v for k, v in self.coco_metrics.items()})
