@@ -98,7 +98,7 @@ def create_detector(
             7, 7)`` RoI features (torchvision: 1024).
         mask_head_dim: channels of the mask head's four 3x3 convolutions on ``(R, fpn_channels, 14, 14)`` RoI
             features and of its upsampling layer (torchvision: 256). With narrow backbones the two heads are most
-            of a training step on a CPU; 256 / 64 make it several times faster.
+            of a training step on a CPU; 256 / 64 halve it (benchmarks/results/detection_demo_ablation.md).
         backbone_kwargs: :func:`botnet.create_model` overrides, e.g. ``dict(channels=(8, 16, 32, 64))``.
         **detector_kwargs: torchvision ``MaskRCNN`` / ``FasterRCNN`` arguments (``min_size``,
             ``box_score_thresh``, ``box_detections_per_img``, ...).

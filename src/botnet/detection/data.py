@@ -279,8 +279,9 @@ def detection_transforms(
         hflip: probability of a horizontal flip (0 for objects that mirroring changes, such as the demo's digits).
         scale_jitter: ``(low, high)``: large-scale jitter as the paper trains with (0.8, 1.25 at 1024): the image
             is resized to fit ``size x size`` times a scale drawn from ``[low, high]`` (torchvision's
-            ``ScaleJitter``), then cropped at a random place, or zero-padded at the bottom / right, to
-            ``size x size``; boxes and masks follow the image, boxes are clipped to the crop.
+            ``ScaleJitter``), then cropped to ``size x size`` at a random place (``RandomCrop``; a smaller image is
+            zero-padded first, so it lands at a random place in the square); boxes and masks follow the image,
+            boxes are clipped to the crop.
         size: the jitter's square output side, the detector's ``image_size``.
 
     Resizing to the detector's size and normalisation happen inside the detector (torchvision's
