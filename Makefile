@@ -16,7 +16,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	VENV=$(VENV) bash scripts/demo.sh
 
-# BoTNet Mask R-CNN on the generated digits-on-photos COCO set: data, backbone, detector, COCOeval, drawn PNGs.
+# BoTNet Mask R-CNN on the generated digits-on-photos COCO set: data, detector, COCOeval, drawn PNGs (~9 min, 1 core).
 detect-demo: $(STAMP)
 	VENV=$(VENV) bash scripts/detect_demo.sh
 

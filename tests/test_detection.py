@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -12,9 +14,11 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torchvision import tv_tensors
 from torchvision.ops import FrozenBatchNorm2d
 
 import botnet
+from botnet.checkpoint import read_checkpoint
 from botnet.detection import (
     AnnotationError,
     CocoDetection,
@@ -181,19 +185,25 @@ def test_faster_rcnn_has_no_masks_and_sdpa_equals_explicit_attention() -> None:
     torch.testing.assert_close(fused["boxes"], explicit["boxes"], rtol=1e-4, atol=1e-3)
 
 
-def test_anchor_sizes_and_detector_args_reach_the_detector(demo: Path) -> None:
+def test_anchor_sizes_head_widths_and_detector_args_reach_the_detector(demo: Path) -> None:
     from botnet.cli.detect import parse_args
 
     args = parse_args(["train", "--data", str(demo), "--anchor-sizes", "8", "16", "32", "64", "128"]
+                      + ["--box-head-dim", "48", "--mask-head-dim", "16"]
                       + ["--detector-arg", "rpn_batch_size_per_image=64", "--detector-arg", "min_size=96"])  # fmt: skip
     assert args.anchor_sizes == [8, 16, 32, 64, 128]
     assert args.detector_arg == {"rpn_batch_size_per_image": 64, "min_size": 96}
     model = create_detector(
         "maskrcnn_botnet26_fpn", 11, image_size=128, anchor_sizes=args.anchor_sizes, **args.detector_arg,
-        fpn_channels=32, backbone_kwargs=TINY,
+        fpn_channels=32, box_head_dim=args.box_head_dim, mask_head_dim=args.mask_head_dim, backbone_kwargs=TINY,
     )  # fmt: skip
     assert model.rpn.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
     assert model.rpn.fg_bg_sampler.batch_size_per_image == 64 and model.transform.min_size == (96,)
+    heads = model.roi_heads
+    assert (heads.box_head.fc6.in_features, heads.box_head.fc7.out_features) == (32 * 7 * 7, 48)
+    assert heads.box_predictor.cls_score.out_features == 11 and heads.box_predictor.bbox_pred.out_features == 44
+    assert [layer[0].out_channels for layer in heads.mask_head] == [16] * 4
+    assert heads.mask_predictor.mask_fcn_logits.out_channels == 11
     model.eval()
     with torch.no_grad():  # one size per pyramid level: the RPN head's anchor count matches
         model([torch.rand(3, 96, 128)])
@@ -206,6 +216,8 @@ def test_anchor_sizes_and_detector_args_reach_the_detector(demo: Path) -> None:
     [
         (["--frozen-bn"], "--frozen-bn needs --backbone-weights"),
         (["--detector-arg", "image_size=64"], "--detector-arg image_size: set it with --image-size"),
+        (["--detector-arg", "box_head_dim=64"], "--detector-arg box_head_dim: set it with --box-head-dim"),
+        (["--scale-jitter", "1.25", "0.8"], "--scale-jitter LOW HIGH: 0 < LOW <= HIGH"),
     ],
 )
 def test_train_flags_that_cannot_work_are_usage_errors(
@@ -258,6 +270,35 @@ def test_hflip_zero_leaves_training_images_unflipped(demo: Path) -> None:
         image, target = data.train_set[index]
         torch.testing.assert_close(image, raw[index][0].float() / 255)
         torch.testing.assert_close(target["boxes"].as_subclass(torch.Tensor), raw[index][1]["boxes"].float())
+
+
+def test_scale_jitter_moves_boxes_and_masks_with_the_image() -> None:
+    # three solid rectangles, each its own colour channel: after jitter + crop / pad to 64x64 every kept box is
+    # its mask's tight box (clipped by the crop alike), and the image under each mask is that rectangle's colour
+    height, width = 48, 80
+    image, masks = torch.zeros(3, height, width, dtype=torch.uint8), torch.zeros(3, height, width, dtype=torch.uint8)
+    boxes = torch.tensor([[4, 6, 24, 30], [30, 10, 52, 40], [58, 2, 78, 44]], dtype=torch.float32)
+    for k, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
+        image[k, y0:y1, x0:x1], masks[k, y0:y1, x0:x1] = 255, 1
+    transform = detection_transforms(True, hflip=0.0, scale_jitter=(0.5, 2.0), size=64)
+    kept = []
+    for seed in range(12):
+        torch.manual_seed(seed)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
+            "labels": torch.tensor([1, 2, 3]),
+            "masks": tv_tensors.Mask(masks),
+        }
+        out, jittered = transform(tv_tensors.Image(image), target)
+        assert out.shape == (3, 64, 64) and out.dtype == torch.float32
+        assert len(jittered["boxes"]) == len(jittered["labels"]) == len(jittered["masks"])
+        kept.append(len(jittered["labels"]))
+        for box, label, mask in zip(jittered["boxes"], jittered["labels"], jittered["masks"], strict=True):
+            rows, cols = mask.nonzero(as_tuple=True)
+            tight = torch.stack([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]).float()
+            torch.testing.assert_close(box.as_subclass(torch.Tensor), tight, atol=1.5, rtol=0)
+            assert out[label - 1][mask.bool()].median() > 0.9  # edges blur (antialiased image, nearest mask)
+    assert min(kept) < 3 and max(kept) == 3  # some crops cut an instance away, some keep all
 
 
 def _bad_coco(tmp_path: Path) -> Path:
@@ -374,6 +415,32 @@ class _LossHistory(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
+def test_evaluator_merges_the_ranks_shards_and_counts_repeated_images_once(
+    demo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two DDP ranks, each validating a shard; rank 1 also got rank 0's first image (as a padded DistributedSampler
+    # gives it), with wrong boxes: merged, every image counts once, with the first rank's detections
+    dataset = CocoDetection(demo / "val", demo / "annotations/instances_val.json")
+    ranks = [CocoEvaluator(dataset.coco, dataset.cat_ids) for _ in range(2)]
+    for rank, evaluator in enumerate(ranks):
+        for image_id in dataset.image_ids[rank::2] + dataset.image_ids[:1] * rank:
+            target = dataset.target(image_id)
+            wrong = rank == 1 and image_id == dataset.image_ids[0]
+            boxes = target["boxes"].as_subclass(torch.Tensor) + (20.0 if wrong else 0.0)
+            masks = target["masks"][:, None].float()
+            output = dict(boxes=boxes, labels=target["labels"], scores=torch.ones(len(boxes)), masks=masks)
+            evaluator.update([output], [image_id])
+    shards = [(evaluator.results, evaluator.image_ids) for evaluator in ranks]
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_gather_object", lambda out, _: out.__setitem__(slice(None), shards))
+    merged = CocoEvaluator(dataset.coco, dataset.cat_ids)
+    merged.synchronize()
+    assert sorted(merged.image_ids) == dataset.image_ids and len(merged.results) == dataset.report.annotations
+    metrics = merged.compute()
+    assert metrics["bbox_AP"] == metrics["segm_AP"] == 1.0  # the repeated image's wrong boxes were left out
+
+
 def test_warmup_is_at_most_a_tenth_of_the_run_and_the_lr_decays_within_it() -> None:
     short = warmup_cosine(total=100, warmup_steps=100)  # a 100-step warm-up in 100 steps never decayed
     assert short(0) == pytest.approx(1e-3) and short(10) == 1.0
@@ -460,12 +527,17 @@ def test_cli_make_data_train_eval_predict(demo: Path, tmp_path: Path, capsys: py
     torch.save(botnet.create_model("botnet26", num_classes=0, **TINY).state_dict(), weights)
     start = ["--backbone-weights", str(weights), "--frozen-bn", "--trainable-layers", "3"]
     start += ["--anchor-sizes", "8", "16", "32", "64", "128", "--detector-arg", "box_detections_per_img=10"]
+    start += ["--box-head-dim", "64", "--mask-head-dim", "16", "--scale-jitter", "0.8", "1.25"]
+    start += ["--opt", "adamw", "--lr", "1e-3", "--weight-decay", "0.05"]
     assert main(["detect", "train", *args, *tiny, *start, "--max-steps", "2", "--out", str(run)]) == 0
     weights.unlink()  # the checkpoint has the weights; eval and predict must not need the file
     out = capsys.readouterr().out
     assert "| bbox |" in out and "| segm |" in out
     checkpoint = run / "checkpoints/last.ckpt"
     assert checkpoint.is_file()
+    saved = read_checkpoint(checkpoint)
+    assert saved["hyper_parameters"]["opt"] == "adamw"
+    assert all("exp_avg" in state for state in saved["optimizer_states"][0]["state"].values())  # AdamW's moments
     config = json.loads((run / "config.json").read_text())  # exported like a classification run
     assert config["task"] == "detection" and config["architecture"] == "maskrcnn_botnet26_fpn"
     assert (run / "model.safetensors").is_file() and (run / "detect.yaml").is_file()
@@ -492,3 +564,21 @@ def test_cli_make_data_train_eval_predict(demo: Path, tmp_path: Path, capsys: py
         main(["detect", "train", "--data", str(demo), "--model", "maskrcnn_botnet_fpn"])
     assert usage.value.code == 2
     assert "unknown detector" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_trains_on_two_ddp_processes_in_bf16(demo: Path, tmp_path: Path) -> None:
+    # the COCO-scale flags on the generated set: 2 CPU processes (gloo) stand in for GPUs, bf16 autocast for AMP
+    run = tmp_path / "run"
+    argv = ["detect", "train", "--data", str(demo), "--model", "maskrcnn_botnet26_fpn", "--image-size", "128"]
+    argv += ["--fpn-channels", "32", "--backbone-arg", "channels=(8,16,32,64)", "--backbone-arg", "stem_width=8"]
+    argv += ["--box-head-dim", "64", "--mask-head-dim", "16", "--max-steps", "2", "--out", str(run), "--threads", "1"]
+    argv += ["--accelerator", "cpu", "--devices", "2", "--num-nodes", "1", "--strategy", "ddp"]
+    argv += ["--precision", "bf16-mixed"]
+    result = subprocess.run(
+        [sys.executable, "-m", "botnet", *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("| segm |") == 2  # each rank scored the merged detections of both
+    assert read_checkpoint(run / "checkpoints/last.ckpt")["global_step"] == 2
+    assert (run / "model.safetensors").is_file()

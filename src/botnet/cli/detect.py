@@ -59,6 +59,14 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--train", type=int, default=64, help="training images")
         parser.add_argument("--val", type=int, default=16, help="validation images")
         parser.add_argument("--size", type=int, nargs=2, default=(192, 256), metavar=("H", "W"), help="image size")
+        parser.add_argument(
+            "--digit-size",
+            type=float,
+            nargs=2,
+            default=(0.15, 0.4),
+            metavar=("LOW", "HIGH"),
+            help="digit side as a fraction of the image's short side",
+        )
         parser.add_argument("--seed", type=int, default=0)
         return parser
     if command == TRAIN:
@@ -87,6 +95,12 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             "(default torchvision's 32 64 128 256 512; match the objects, e.g. 8 16 32 64 128 for small ones)",
         )
         parser.add_argument(
+            "--box-head-dim", type=positive_int, default=1024, help="box head width (torchvision's 1024)"
+        )
+        parser.add_argument(
+            "--mask-head-dim", type=positive_int, default=256, help="mask head channels (torchvision's 256)"
+        )
+        parser.add_argument(
             "--detector-arg",
             action=ParseKwargs,
             default={},
@@ -104,12 +118,21 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--epochs", type=positive_int, default=12)
         parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
         parser.add_argument("--batch-size", type=positive_int, default=2)
-        parser.add_argument("--lr", type=float, default=0.02)
+        parser.add_argument("--opt", default="momentum", help="timm optimizer: momentum (SGD), adamw, ...")
+        parser.add_argument("--lr", type=float, default=0.02, help="peak learning rate")
+        parser.add_argument("--weight-decay", type=float, default=1e-4, help="L2 (SGD) or decoupled (AdamW)")
         parser.add_argument(
             "--warmup-steps", type=int, default=100, help="linear LR warm-up, at most a tenth of the run's steps"
         )
         parser.add_argument(
             "--hflip", type=float, default=0.5, help="horizontal flip probability (0 for digits, text, ...)"
+        )
+        parser.add_argument(
+            "--scale-jitter",
+            type=float,
+            nargs=2,
+            metavar=("LOW", "HIGH"),
+            help="large-scale jitter of training images to --image-size squares (the paper: 0.8 1.25 at 1024)",
         )
         parser.add_argument("--workers", type=count, default=0, help="dataloader workers")
         parser.add_argument("--strict", action="store_true", help="annotation problems are errors, not warnings")
@@ -137,7 +160,10 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 
 # create_detector arguments that have a flag of their own.
-OWN_FLAGS = {name: f"--{name.replace('_', '-')}" for name in ("image_size", "fpn_channels", "anchor_sizes")}
+OWN_FLAGS = {
+    name: f"--{name.replace('_', '-')}"
+    for name in ("image_size", "fpn_channels", "anchor_sizes", "box_head_dim", "mask_head_dim")
+}
 OWN_FLAGS |= {"frozen_bn": "--frozen-bn", "trainable_layers": "--trainable-layers", "backbone_kwargs": "--backbone-arg"}
 OWN_FLAGS |= {"backbone_weights": "--backbone-weights", "num_classes": "the data's categories"}
 
@@ -149,6 +175,8 @@ def check_train_args(args: argparse.Namespace) -> None:
             "--frozen-bn needs --backbone-weights: from scratch, every block's last BatchNorm starts at zero, "
             "so frozen it would zero every residual branch (MHSA included) for good"
         )
+    if args.scale_jitter is not None and not 0 < args.scale_jitter[0] <= args.scale_jitter[1]:
+        raise UsageError(f"--scale-jitter LOW HIGH: 0 < LOW <= HIGH, got {' '.join(map(str, args.scale_jitter))}")
     for key in args.detector_arg:
         if key in OWN_FLAGS:
             raise UsageError(f"--detector-arg {key}: set it with {OWN_FLAGS[key]}")

@@ -15,6 +15,8 @@ from typing import Any
 
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from botnet.detection.backbone import botnet_fpn_backbone
 from botnet.models import get_model_cfg, list_models
@@ -22,6 +24,9 @@ from botnet.models import get_model_cfg, list_models
 HEADS: dict[str, type[FasterRCNN]] = {"maskrcnn": MaskRCNN, "fasterrcnn": FasterRCNN}
 PYRAMID_LEVELS = 5  # FPN maps at strides 4, 8, 16, 32 and the max-pooled 64
 ASPECT_RATIOS = (0.5, 1.0, 2.0)  # torchvision's default, per level
+BOX_HEAD_DIM, MASK_HEAD_DIM = 1024, 256  # torchvision's head widths
+MASK_HEAD_LAYERS = 4
+ROI_SIZE = 7  # torchvision's box RoI pooling output side
 
 
 def anchor_generator(sizes: Sequence[float], aspect_ratios: Sequence[float] = ASPECT_RATIOS) -> AnchorGenerator:
@@ -62,6 +67,8 @@ def create_detector(
     trainable_layers: int = 5,
     fpn_channels: int = 256,
     anchor_sizes: Sequence[float] | None = None,
+    box_head_dim: int = BOX_HEAD_DIM,
+    mask_head_dim: int = MASK_HEAD_DIM,
     backbone_kwargs: dict[str, Any] | None = None,
     **detector_kwargs: Any,
 ) -> FasterRCNN:
@@ -87,6 +94,11 @@ def create_detector(
         anchor_sizes: the RPN's anchor side per pyramid level (5, pixels of the resized image; default
             torchvision's 32..512): match them to the objects, e.g. ``(8, 16, 32, 64, 128)`` for small ones
             (:func:`anchor_generator`).
+        box_head_dim: width of the box head's two fully connected layers, which take the ``(R, fpn_channels,
+            7, 7)`` RoI features (torchvision: 1024).
+        mask_head_dim: channels of the mask head's four 3x3 convolutions on ``(R, fpn_channels, 14, 14)`` RoI
+            features and of its upsampling layer (torchvision: 256). With narrow backbones the two heads are most
+            of a training step on a CPU; 256 / 64 halve it (benchmarks/results/detection_demo_ablation.md).
         backbone_kwargs: :func:`botnet.create_model` overrides, e.g. ``dict(channels=(8, 16, 32, 64))``.
         **detector_kwargs: torchvision ``MaskRCNN`` / ``FasterRCNN`` arguments (``min_size``,
             ``box_score_thresh``, ``box_detections_per_img``, ...).
@@ -101,6 +113,14 @@ def create_detector(
     detector_kwargs.setdefault("max_size", image_size)
     detector_kwargs.setdefault("image_mean", list(cfg.mean))
     detector_kwargs.setdefault("image_std", list(cfg.std))
+    # The heads are built here (as torchvision builds them, at the given widths), so num_classes goes to the
+    # predictors and torchvision's own num_classes argument stays None.
+    detector_kwargs.setdefault("box_head", TwoMLPHead(fpn_channels * ROI_SIZE**2, box_head_dim))
+    detector_kwargs.setdefault("box_predictor", FastRCNNPredictor(box_head_dim, num_classes))
+    if head == "maskrcnn":
+        mask_layers = [mask_head_dim] * MASK_HEAD_LAYERS
+        detector_kwargs.setdefault("mask_head", MaskRCNNHeads(fpn_channels, mask_layers, dilation=1))
+        detector_kwargs.setdefault("mask_predictor", MaskRCNNPredictor(mask_head_dim, mask_head_dim, num_classes))
     model_kwargs = {"img_size": detector_kwargs["max_size"], **(backbone_kwargs or {})}
     backbone = botnet_fpn_backbone(
         model_name,
@@ -110,4 +130,4 @@ def create_detector(
         out_channels=fpn_channels,
         **model_kwargs,
     )
-    return HEADS[head](backbone, num_classes=num_classes, **detector_kwargs)
+    return HEADS[head](backbone, num_classes=None, **detector_kwargs)

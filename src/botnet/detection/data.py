@@ -268,14 +268,31 @@ class CocoDetection(Dataset):
         return image, target
 
 
-def detection_transforms(train: bool, hflip: float = 0.5) -> v2.Compose:
-    """Images to float in [0, 1]; for training also a horizontal flip with probability ``hflip``, then boxes that
-    became empty are removed. (0 for objects that mirroring changes, such as the demo set's digits.)
+def detection_transforms(
+    train: bool, hflip: float = 0.5, scale_jitter: tuple[float, float] | None = None, size: int = 1024
+) -> v2.Compose:
+    """Images to float in [0, 1]; for training also large-scale jitter and a horizontal flip, then boxes that
+    became empty are removed with their labels and masks.
 
-    Resizing and normalisation happen inside the detector (torchvision's ``GeneralizedRCNNTransform``).
+    Args:
+        train: add the training augmentation (and the box sanitising).
+        hflip: probability of a horizontal flip (0 for objects that mirroring changes, such as the demo's digits).
+        scale_jitter: ``(low, high)``: large-scale jitter as the paper trains with (0.8, 1.25 at 1024): the image
+            is resized to fit ``size x size`` times a scale drawn from ``[low, high]`` (torchvision's
+            ``ScaleJitter``), then cropped to ``size x size`` at a random place (``RandomCrop``; a smaller image is
+            zero-padded first, so it lands at a random place in the square); boxes and masks follow the image,
+            boxes are clipped to the crop.
+        size: the jitter's square output side, the detector's ``image_size``.
+
+    Resizing to the detector's size and normalisation happen inside the detector (torchvision's
+    ``GeneralizedRCNNTransform``).
     """
-    steps: list[v2.Transform] = [v2.RandomHorizontalFlip(hflip)] if train and hflip > 0 else []
-    steps += [v2.ToDtype(torch.float32, scale=True)]
+    steps: list[v2.Transform] = []
+    if train and scale_jitter is not None:
+        steps += [v2.ScaleJitter((size, size), scale_range=scale_jitter), v2.RandomCrop(size, pad_if_needed=True)]
+    if train and hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
     if train:
         steps.append(v2.SanitizeBoundingBoxes())
     return v2.Compose(steps)

@@ -1,9 +1,9 @@
 """Lightning wrappers: the detector as a ``LightningModule`` (train / COCO-validate / predict) and COCO data.
 
-``Trainer.fit`` trains (SGD with momentum, as the paper; linear warm-up then cosine decay), ``Trainer.validate``
-scores box and mask AP with COCOeval (logged as ``val/bbox_AP``, ``val/segm_AP``, ...), ``Trainer.predict``
-returns the raw detections. Checkpoints carry the detector's name, arguments and category names, so
-``DetectionModule.load_from_checkpoint(path)`` rebuilds it with nothing else.
+``Trainer.fit`` trains (SGD with momentum as the paper, or another timm optimizer; linear warm-up then cosine
+decay), ``Trainer.validate`` scores box and mask AP with COCOeval (logged as ``val/bbox_AP``, ``val/segm_AP``,
+...), ``Trainer.predict`` returns the raw detections. Checkpoints carry the detector's name, arguments and
+category names, so ``DetectionModule.load_from_checkpoint(path)`` rebuilds it with nothing else.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader
 
 from botnet import checkpoint
@@ -57,9 +58,11 @@ class DetectionModule(PretrainedModule):
         num_classes: categories + background.
         categories: category names of labels ``1..K`` (for drawing).
         cat_ids: COCO category ids of labels ``1..K`` (for results json).
-        lr: peak SGD learning rate.
+        lr: peak learning rate.
+        opt: timm optimizer name: ``"momentum"`` (SGD with momentum, the paper's), ``"adamw"``, ``"sgd"``
+            (Nesterov), ... as ``botnet train --opt``.
         momentum: SGD momentum.
-        weight_decay: L2 penalty (not applied to norm layers or biases).
+        weight_decay: L2 penalty (SGD) or decoupled decay (AdamW); timm exempts norm layers and biases.
         warmup_steps: linear warm-up from ``lr / 1000``, at most a tenth of the run (:func:`warmup_cosine`).
         detector_kwargs: further :func:`~botnet.detection.create_detector` arguments.
         backbone_weights: local classifier state_dict to start the backbone from (only when training starts).
@@ -72,6 +75,7 @@ class DetectionModule(PretrainedModule):
         categories: list[str] | None = None,
         cat_ids: list[int] | None = None,
         lr: float = 0.02,
+        opt: str = "momentum",
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
         warmup_steps: int = 100,
@@ -170,6 +174,7 @@ class DetectionModule(PretrainedModule):
 
     def on_validation_epoch_end(self) -> None:
         assert self.evaluator is not None
+        self.evaluator.synchronize()  # every rank scores all images, so the logged AP agrees across ranks
         self.coco_metrics = self.evaluator.compute()
         self.validated_step = self.global_step
         self.log_dict({f"val/{k}": v for k, v in self.coco_metrics.items()})
@@ -182,14 +187,9 @@ class DetectionModule(PretrainedModule):
         return [{**output, "key": key} for output, key in zip(self.model(images), keys, strict=True)]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for param in self.model.parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim <= 1 else decay).append(param)
-        optimizer = torch.optim.SGD(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
-            momentum=self.hparams.momentum,
+        hp = self.hparams
+        optimizer = create_optimizer_v2(
+            self.model, opt=hp.opt, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         factor = warmup_cosine(total, self.hparams.warmup_steps)
@@ -210,6 +210,9 @@ class CocoDataModule(L.LightningDataModule):
         max_pixels: the image loader's pixel limit. Unreadable images are replaced by the next one in training,
             left out (and counted) in validation.
         hflip: probability of a horizontal flip of a training image.
+        scale_jitter: ``(low, high)`` large-scale jitter of training images to ``image_size`` squares, or ``None``
+            (:func:`~botnet.detection.data.detection_transforms`).
+        image_size: the detector's input side, the jitter's output size.
     """
 
     def __init__(
@@ -222,6 +225,8 @@ class CocoDataModule(L.LightningDataModule):
         strict: bool = False,
         max_pixels: float | None = MAX_PIXELS,
         hflip: float = 0.5,
+        scale_jitter: tuple[float, float] | None = None,
+        image_size: int = 1024,
     ) -> None:
         super().__init__()
         if train is None and val is None:
@@ -232,14 +237,14 @@ class CocoDataModule(L.LightningDataModule):
         self.val_set: CocoDetection | None = None
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.hflip = hflip
+        self.augment = dict(hflip=hflip, scale_jitter=scale_jitter, size=image_size)
 
     def setup(self, stage: str = "fit") -> None:
         """Read and check the annotation files (once)."""
         if self.train_set is None and self.splits["train"] is not None and stage == "fit":
             train = self.splits["train"]
             self.train_set = CocoDetection(
-                *train, detection_transforms(True, self.hflip), drop_empty=True, **self.options
+                *train, detection_transforms(True, **self.augment), drop_empty=True, **self.options
             )
         if self.val_set is None and self.splits["val"] is not None:
             self.val_set = CocoDetection(

@@ -12,6 +12,7 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from torch import distributed as dist
 
 # Names of COCOeval.stats, in order.
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -72,6 +73,20 @@ class CocoEvaluator:
         for output, image_id in zip(outputs, image_ids, strict=True):
             self.results += to_coco_results(output, int(image_id), self.cat_ids)
             self.image_ids.append(int(image_id))
+
+    def synchronize(self) -> None:
+        """Merge the detections of every process: under DDP each rank validated a shard of the images, and
+        COCOeval must see them all. An image that the distributed sampler gave to two ranks (to even out the
+        shards) counts once. Does nothing in a single process."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        shards: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(shards, (self.results, self.image_ids))
+        self.reset()
+        for results, image_ids in shards:
+            new = set(image_ids) - set(self.image_ids)
+            self.results += [record for record in results if record["image_id"] in new]
+            self.image_ids += sorted(new)
 
     def compute(self) -> dict[str, float]:
         """``{"bbox_AP": ..., "bbox_AP50": ..., "segm_AP": ...}`` over the images seen (fractions, not percent).

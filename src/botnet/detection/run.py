@@ -42,7 +42,9 @@ def _trainer(args: argparse.Namespace, **kwargs: Any) -> pl.Trainer:
 
 def make_demo(args: argparse.Namespace) -> dict[str, tuple[Path, Path]]:
     """Write the synthetic digits-on-photos COCO set; ``{split: (images_dir, ann_file)}``."""
-    return make_demo_data(args.out, args.train, args.val, tuple(args.size), seed=args.seed)
+    return make_demo_data(
+        args.out, args.train, args.val, tuple(args.size), size_range=tuple(args.digit_size), seed=args.seed
+    )
 
 
 def fit(args: argparse.Namespace) -> tuple[pl.Trainer, DetectionModule]:
@@ -58,18 +60,22 @@ def fit(args: argparse.Namespace) -> tuple[pl.Trainer, DetectionModule]:
         strict=args.strict,
         max_pixels=args.max_pixels,
         hflip=args.hflip,
+        scale_jitter=args.scale_jitter,
+        image_size=args.image_size,
     )
     reference = data.reference
     detector_kwargs = dict(
         image_size=args.image_size,
         fpn_channels=args.fpn_channels,
+        box_head_dim=args.box_head_dim,
+        mask_head_dim=args.mask_head_dim,
         frozen_bn=args.frozen_bn,
         trainable_layers=args.trainable_layers,
         backbone_kwargs=dict(args.backbone_arg),
         **({"anchor_sizes": list(args.anchor_sizes)} if args.anchor_sizes else {}),
         **args.detector_arg,
     )
-    optim = dict(lr=args.lr, warmup_steps=args.warmup_steps)
+    optim = dict(lr=args.lr, opt=args.opt, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps)
     module = DetectionModule(
         args.model, reference.num_classes, reference.categories, reference.cat_ids, **optim,
         detector_kwargs=detector_kwargs, backbone_weights=args.backbone_weights,

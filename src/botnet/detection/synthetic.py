@@ -58,7 +58,8 @@ def _background(rng: np.random.Generator, photos: list[np.ndarray], size: tuple[
     crop = photo[top : top + crop_h, left : left + crop_w]
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
-    return (resize(crop, size, anti_aliasing=True) * 255).astype(np.uint8)
+    # PIL's filters widen when they shrink (antialiased), like skimage's resize, at a fraction of its time
+    return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def composite_digits(
