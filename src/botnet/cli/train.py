@@ -206,8 +206,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     sgd = args.opt.lower().split("_")[-1] in SGD_FAMILY
     args.lr = args.lr if args.lr is not None else (0.05 if sgd else 1e-3)
     args.weight_decay = args.weight_decay if args.weight_decay is not None else (1e-4 if sgd else 0.05)
-    if args.compile and args.compile not in _compile_backends():
-        parser.error(f"--compile {args.compile}: not a torch.compile backend; use one of {_compile_backends()}")
+    if args.compile:
+        backends = _compile_backends()
+        if args.compile not in backends:
+            parser.error(f"--compile {args.compile}: not a torch.compile backend; use one of {backends}")
     for flag in ("epochs", "batch_size", "img_size", "accumulate"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
