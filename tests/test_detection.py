@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 from torchvision import tv_tensors
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 import botnet
 from botnet.checkpoint import read_checkpoint
@@ -207,6 +207,11 @@ def test_anchor_sizes_head_widths_and_detector_args_reach_the_detector(demo: Pat
     model.eval()
     with torch.no_grad():  # one size per pyramid level: the RPN head's anchor count matches
         model([torch.rand(3, 96, 128)])
+    pooled = create_detector(  # a box RoI pool of another size: the box head's input follows it, as torchvision's
+        "fasterrcnn_botnet26_fpn", 3, image_size=128, fpn_channels=32, box_head_dim=48, backbone_kwargs=TINY,
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=5, sampling_ratio=2),
+    )  # fmt: skip
+    assert pooled.roi_heads.box_head.fc6.in_features == 32 * 5 * 5
     with pytest.raises(ValueError, match="5 positive sizes"):
         create_detector("fasterrcnn_botnet26_fpn", 11, anchor_sizes=(8, 16), backbone_kwargs=TINY)
 

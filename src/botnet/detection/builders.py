@@ -26,7 +26,7 @@ PYRAMID_LEVELS = 5  # FPN maps at strides 4, 8, 16, 32 and the max-pooled 64
 ASPECT_RATIOS = (0.5, 1.0, 2.0)  # torchvision's default, per level
 BOX_HEAD_DIM, MASK_HEAD_DIM = 1024, 256  # torchvision's head widths
 MASK_HEAD_LAYERS = 4
-ROI_SIZE = 7  # torchvision's box RoI pooling output side
+ROI_SIZE = 7  # torchvision's default box RoI pooling output side
 
 
 def anchor_generator(sizes: Sequence[float], aspect_ratios: Sequence[float] = ASPECT_RATIOS) -> AnchorGenerator:
@@ -114,13 +114,18 @@ def create_detector(
     detector_kwargs.setdefault("image_mean", list(cfg.mean))
     detector_kwargs.setdefault("image_std", list(cfg.std))
     # The heads are built here (as torchvision builds them, at the given widths), so num_classes goes to the
-    # predictors and torchvision's own num_classes argument stays None.
-    detector_kwargs.setdefault("box_head", TwoMLPHead(fpn_channels * ROI_SIZE**2, box_head_dim))
-    detector_kwargs.setdefault("box_predictor", FastRCNNPredictor(box_head_dim, num_classes))
-    if head == "maskrcnn":
+    # predictors and torchvision's own num_classes argument stays None. A head passed in is used as it is.
+    if "box_head" not in detector_kwargs:
+        roi_pool = detector_kwargs.get("box_roi_pool")
+        resolution = roi_pool.output_size[0] if roi_pool is not None else ROI_SIZE  # as torchvision derives it
+        detector_kwargs["box_head"] = TwoMLPHead(fpn_channels * resolution**2, box_head_dim)
+    if "box_predictor" not in detector_kwargs:
+        detector_kwargs["box_predictor"] = FastRCNNPredictor(box_head_dim, num_classes)
+    if head == "maskrcnn" and "mask_head" not in detector_kwargs:
         mask_layers = [mask_head_dim] * MASK_HEAD_LAYERS
-        detector_kwargs.setdefault("mask_head", MaskRCNNHeads(fpn_channels, mask_layers, dilation=1))
-        detector_kwargs.setdefault("mask_predictor", MaskRCNNPredictor(mask_head_dim, mask_head_dim, num_classes))
+        detector_kwargs["mask_head"] = MaskRCNNHeads(fpn_channels, mask_layers, dilation=1)
+    if head == "maskrcnn" and "mask_predictor" not in detector_kwargs:
+        detector_kwargs["mask_predictor"] = MaskRCNNPredictor(mask_head_dim, mask_head_dim, num_classes)
     model_kwargs = {"img_size": detector_kwargs["max_size"], **(backbone_kwargs or {})}
     backbone = botnet_fpn_backbone(
         model_name,
