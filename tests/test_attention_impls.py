@@ -130,6 +130,32 @@ def test_bf16_runs_on_every_path(impl: str) -> None:
     torch.testing.assert_close(out.float(), reference, atol=5e-2, rtol=5e-2)
 
 
+def test_chunked_bf16_autocast_grads_are_as_close_as_explicits() -> None:
+    """Under bf16 autocast (mixed-precision training) the chunked path is no less accurate than the explicit one."""
+    layer = make_layer("relative", (6, 6), dtype=torch.float32)
+    x = torch.randn(2, 16, 6, 6)
+    reference = outputs_and_grads(layer, x, "explicit")
+    errors = {}
+    for impl in ("explicit", "chunked"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = outputs_and_grads(layer, x, impl)
+        errors[impl] = [((g.float() - r).norm() / r.norm()).item() for g, r in zip(got, reference, strict=True)]
+    assert all(error < 0.05 for error in errors["chunked"]), errors
+    assert all(c <= 2 * e + 1e-3 for c, e in zip(errors["chunked"], errors["explicit"], strict=True)), errors
+
+
+def test_chunked_bf16_allocates_no_float32_copy_of_a_work_chunk() -> None:
+    """In-place ops on a bf16 work buffer with a float32 operand would allocate a float32 copy of the chunk."""
+    groups, tokens, chunk = 2, 256, 64
+    shapes = [(8,), (8,), (8,), (16,), (16,)]
+    inputs = [torch.randn(1, groups, tokens, *s, dtype=torch.bfloat16, requires_grad=True) for s in shapes]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        chunked_attention(*inputs, chunk=chunk).float().sum().backward()
+    sizes = [e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.nbytes() > 0]
+    work_buffer = groups * chunk * tokens * torch.bfloat16.itemsize
+    assert sizes and max(sizes) <= work_buffer, f"largest allocation {max(sizes)} B > one work buffer {work_buffer} B"
+
+
 def test_auto_picks_what_the_thresholds_say() -> None:
     layer = make_layer("relative", (4, 4))
     side = int(CPU_EXPLICIT_MAX_TOKENS**0.5)
