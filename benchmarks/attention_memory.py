@@ -9,6 +9,13 @@ logits folded in), ``chunked`` and ``flex`` should grow about linearly. ``botnet
 the "auto picks" column says what it chose and the SDPA column which kernel ``botnet:sdpa`` dispatched to.
 Every ratio is taken to ``botnet:explicit`` in the same run, times as medians of interleaved rounds.
 
+Two rows bound what any exact implementation can reach. ``bound:projections`` is the layer without attention
+(its 1x1 projection, the ``q, k, v`` layout, the position terms and the output, with ``q + 2k + 3v`` in place of
+attention so that each gets its own gradient): no attention implementation holds less memory or takes less time.
+``bound:+gemms`` adds the time of the six matrix products an exact attention does in a training step (``q k^T``,
+``P v``, and ``P^T dO``, ``dO v^T``, ``dS k``, ``dS^T q`` in backward), run alone on preallocated buffers: the
+time left once every other op (softmax, position logits, copies, allocations) costs nothing.
+
     python benchmarks/attention_memory.py --quick                 # CPU: 16x16, 32x32, 64x64
     python benchmarks/attention_memory.py --device cuda --dtype bf16
     python benchmarks/attention_memory.py --layers botnet:explicit botnet:chunked --chunk-elements 262144
@@ -27,13 +34,54 @@ from matplotlib.figure import Figure
 from torch import nn
 
 import botnet.layers.chunked_attention
+from botnet.layers import MHSA2d
 from common import MIB, Column, Setup, add_common_args, peak_memory, save_figure, time_interleaved, write_report
 from peers import PeerUnavailable, build_attention
 
 BOTNET = ["botnet:auto", "botnet:explicit", "botnet:sdpa", "botnet:chunked"]
-LAYERS = [*BOTNET, "timm:BottleneckAttn", "lucidrains:Attention"]
+BOUNDS = ["bound:projections", "bound:+gemms"]
+LAYERS = [*BOTNET, "timm:BottleneckAttn", "lucidrains:Attention", *BOUNDS]
 # The issue's targets for the automatic choice, CPU, fwd+bwd: at these sides at most these times and peaks (x explicit)
 TARGETS = {32: (0.8, 0.25), 64: (0.8, 0.25)}
+
+
+class ProjectionsOnly(nn.Module):
+    """An ``MHSA2d`` without its attention: ``q + 2k + 3v`` (distinct gradients, as attention's) in its place.
+
+    Uses the layer's own (private) projection and position-term code, so that it holds exactly what every
+    implementation holds besides attention. ``(B, C, H, W) -> (B, h * d, H, W)``.
+    """
+
+    def __init__(self, layer: MHSA2d) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        q, k, v = self.layer._qkv(x)
+        out = q + 2 * k + 3 * v
+        terms = self.layer._position_terms(q, height, width)
+        if isinstance(terms, tuple):
+            out = out + terms[0].sum(-1, keepdim=True) + terms[1].sum(-1, keepdim=True)
+        return out.transpose(-1, -2).reshape(batch, self.layer.dim_out, height, width)
+
+
+def attention_gemms(groups: int, tokens: int, dim_head: int, setup: Setup) -> Callable[[], None]:
+    """The six matrix products of an exact attention's forward and backward, on preallocated ``(G, N, .)`` buffers."""
+    dtype = setup.dtype if setup.dtype != torch.float32 else torch.float32
+    new = {"device": setup.device, "dtype": dtype}
+    q, k, v, grad_o, out, grad_q, grad_k, grad_v = (torch.randn(groups, tokens, dim_head, **new) for _ in range(8))
+    probs, grad_s = torch.rand(groups, tokens, tokens, **new), torch.randn(groups, tokens, tokens, **new)
+
+    def gemms() -> None:
+        torch.bmm(q, k.transpose(1, 2), out=probs)  # S = q k^T
+        torch.bmm(probs, v, out=out)  # O = P v
+        torch.bmm(probs.transpose(1, 2), grad_o, out=grad_v)  # dv = P^T dO
+        torch.bmm(grad_o, v.transpose(1, 2), out=grad_s)  # dP = dO v^T
+        torch.bmm(grad_s, k, out=grad_q)  # dq = dS k
+        torch.bmm(grad_s.transpose(1, 2), q, out=grad_k)  # dk = dS^T q
+
+    return gemms
 
 
 def make_step(layer: nn.Module, x: torch.Tensor, setup: Setup, backward: bool = True) -> Callable[[], None]:
@@ -81,16 +129,27 @@ def run_size(
     backward: bool = True,
 ) -> list[dict[str, Any]]:
     """Peak memory and fwd+bwd (or forward) time of every layer over a ``size x size`` map."""
+    heads, dim_head = 4, 128
     layers = {}
     for spec in specs:
+        if spec in BOUNDS:
+            continue
         try:
-            layers[spec] = build_attention(spec, dim, size, heads=4, dim_head=128).to(setup.device)
+            layers[spec] = build_attention(spec, dim, size, heads=heads, dim_head=dim_head).to(setup.device)
         except PeerUnavailable as err:
             print(f"skipping {spec}: {err}", file=sys.stderr)
+    bounds = [spec for spec in BOUNDS if spec in specs]
+    if bounds:  # the projections' time is part of the GEMMs' bound
+        layer = build_attention("botnet:explicit", dim, size, heads=heads, dim_head=dim_head).to(setup.device)
+        layers["bound:projections"] = ProjectionsOnly(layer)
     x = torch.randn(batch, dim, size, size, device=setup.device, requires_grad=True)
     steps = {spec: make_step(layer, x, setup, backward) for spec, layer in layers.items()}
+    if "bound:+gemms" in bounds and backward:
+        steps["bound:+gemms"] = attention_gemms(batch * heads, size * size, dim_head, setup)
     rows = []
     for spec, step in steps.items():
+        if spec == "bound:+gemms":
+            continue
         step()  # lazy state (tables, kernels' workspaces) stays out of the peak
         rows.append(dict(layer=spec, tokens=f"{size}×{size}", N=size * size, peak_mib=peak_memory(step, setup) / MIB))
         if spec == "botnet:sdpa":
@@ -99,9 +158,14 @@ def run_size(
             with setup.autocast(), torch.set_grad_enabled(backward):
                 rows[-1]["picks"] = layers[spec].resolve_impl(x)
     times = time_interleaved(steps, setup, warmup, reps)
-    explicit = next((row for row in rows if row["layer"] == "botnet:explicit"), None)
     for row in rows:
         row["ms"] = 1e3 * statistics.median(times[row["layer"]])
+    if "bound:+gemms" in times:
+        projections = next(row for row in rows if row["layer"] == "bound:projections")
+        gemm_ms = 1e3 * statistics.median(times["bound:+gemms"])
+        rows.append({**projections, "layer": "bound:+gemms", "ms": projections["ms"] + gemm_ms})
+    rows = [row for row in rows if row["layer"] in specs]
+    explicit = next((row for row in rows if row["layer"] == "botnet:explicit"), None)
     for row in rows:
         if explicit:
             row["peak_vs_explicit"] = row["peak_mib"] / explicit["peak_mib"]
@@ -129,6 +193,12 @@ def plot(rows: list[dict[str, Any]]) -> Figure:
 def target_notes(rows: list[dict[str, Any]]) -> list[str]:
     notes = []
     for row in rows:
+        if row["layer"] == "bound:+gemms" and "peak_vs_explicit" in row:
+            notes.append(
+                f"bound: at {row['tokens']} tokens no exact implementation goes below {row['time_vs_explicit']:.2f}x "
+                f"explicit's time (projections + attention GEMMs) or {row['peak_vs_explicit']:.2f}x its peak "
+                "(projections)"
+            )
         target = TARGETS.get(int(row["N"] ** 0.5))
         if row["layer"] != "botnet:auto" or target is None or "peak_vs_explicit" not in row:
             continue
