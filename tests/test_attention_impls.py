@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 import botnet
+import botnet.layers.chunked_attention as chunked_attention_module
 from botnet.layers import ATTN_IMPLS, MHSA2d, set_attn_impl
 from botnet.layers.attention import CPU_EXPLICIT_MAX_TOKENS
-from botnet.layers.chunked_attention import chunked_attention
+from botnet.layers.chunked_attention import chunked_attention, default_chunk
 
 SIZES = [(4, 4), (5, 7), (1, 6)]  # square, non-square, 1 x W
 POS = ["relative", "absolute", "none"]
@@ -55,7 +56,13 @@ def test_impl_equals_explicit_fp32(pos: str, impl: str) -> None:
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 13, 34, 35, 64])  # N = 35: chunks that do not divide it, one, all
-def test_chunk_boundaries(chunk: int) -> None:
+@pytest.mark.parametrize("fit", [None, 1, 2, 4])  # G = 6 groups: one block, blocks of 1, of 2, of 3 (4 fit)
+def test_chunk_boundaries(chunk: int, fit: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Query chunks, key chunks (whole key rows, parts of one; W = 7) and blocks of groups, against explicit."""
+    if fit is not None:  # a work buffer holds `fit` groups' chunks
+        monkeypatch.setattr(chunked_attention_module, "CHUNK_ELEMENTS", fit * min(chunk, 35) * 35)
+    blocks = chunked_attention_module._group_blocks(6, min(chunk, 35), 35)
+    assert [b.stop - b.start for b in blocks] == {None: [6], 1: [1] * 6, 2: [2] * 3, 4: [3] * 2}[fit]
     batch, heads, height, width, dim = 2, 3, 5, 7, 4
     tokens = height * width
     shapes = [(dim,), (dim,), (dim,), (height,), (width,)]
@@ -70,6 +77,26 @@ def test_chunk_boundaries(chunk: int) -> None:
     inputs = (q, k, v, logits_h, logits_w)
     for got, want in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize(("height", "width"), [(5, 7), (1, 35), (35, 1), (6, 6)])
+@pytest.mark.parametrize("chunk", [1, 3, 7, 8, 20, 35])
+def test_key_blocks_cover_the_keys_once_in_order(height: int, width: int, chunk: int) -> None:
+    """Each key chunk is a (rows, cols) block of whole key rows or of one row's part, and no larger than `chunk`."""
+    keys = []
+    for y, x, rows, cols in chunked_attention_module._key_blocks(height, width, chunk):
+        assert (x == 0 and cols == width) or rows == 1
+        assert 0 < rows * cols <= chunk
+        keys += [(y + r) * width + x + c for r in range(rows) for c in range(cols)]
+    assert keys == list(range(height * width))
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 35, 256, 1024, 4096, 9216, 65536])
+def test_default_chunk_keeps_two_chunks_and_the_budget(tokens: int) -> None:
+    chunk = default_chunk(tokens)
+    assert 1 <= chunk <= max(1, (tokens + 1) // 2)  # never one N x N buffer, but for a single token
+    assert chunk <= chunked_attention_module.CHUNK_ROWS
+    assert chunk * tokens <= chunked_attention_module.CHUNK_ELEMENTS
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "chunked", "explicit"])

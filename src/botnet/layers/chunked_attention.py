@@ -1,14 +1,18 @@
-"""Attention with 2D relative position logits over query-row chunks: no ``N x N`` tensor is ever kept.
+"""Attention with 2D relative position logits over chunks: no ``N x N`` tensor is ever kept.
 
-A custom :class:`torch.autograd.Function` (flash-attention style, on plain matmuls): the queries are walked in
-chunks of ``c`` rows; each chunk's logits ``q_c k^T`` get the position logits added from the two factor tensors
+A custom :class:`torch.autograd.Function` (flash-attention style, on plain matmuls). The forward walks the queries
+in chunks of ``c`` rows: each chunk's logits ``q_c k^T`` get the position logits added from the two factor tensors
 ``logits_h (.., N, H)`` and ``logits_w (.., N, W)`` (the logit of key ``(y', x')`` adds ``logits_h[.., y'] +
-logits_w[.., x']``), are turned into probabilities in place and multiplied with ``v``. Only the per-row softmax
-statistics (row maximum and sum, in the input's dtype) are saved; backward recomputes each chunk's probabilities
-with the same ops, so they are bit-identical to the forward's. The ``(c, N)`` work buffers are allocated once per
-call and reused by every chunk, so the peak holds ``O(c N + N d)`` per head, not ``O(N^2)``. Every in-place op
-on a work buffer takes operands of the buffer's dtype: a float32 operand on a bfloat16 buffer would make
-PyTorch allocate a float32 copy of the whole chunk (measured: +16 MiB, 1.15x explicit's peak, at 32x32 tokens).
+logits_w[.., x']``), are exponentiated in place and multiplied with ``v``; the row sums normalise the ``(c, d)``
+output. Only the per-row softmax statistics (row maximum and sum, in the input's dtype) are saved. The backward
+walks the keys in chunks of about ``c``: it recomputes a chunk's transposed probabilities against all queries
+with the same position terms and statistics, so that the chunk's ``dK`` and ``dV`` are each one product with an
+``N``-long reduction and only ``dQ`` accumulates over chunks (a rank-``c`` update; walking the queries would make
+``dK`` and ``dV`` both accumulate, and those updates run about 30 % slower than an ``N``-long product here).
+The work buffers are allocated once per call and reused by every chunk, so the peak holds ``O(c N + N d)`` per
+head, not ``O(N^2)``. Every in-place op on a work buffer takes operands of the buffer's dtype: a float32 operand
+on a bfloat16 buffer would make PyTorch allocate a float32 copy of the whole chunk (measured: +16 MiB, 1.15x
+explicit's peak, at 32x32 tokens).
 
 Shapes use ``G`` for the flattened batch x heads, ``N = H * W`` tokens and ``d`` channels per head.
 """
@@ -19,37 +23,46 @@ from typing import Any
 
 import torch
 
-# Work-buffer budget per call, in elements of one (G, c, N) chunk buffer. Measured at 64x64 tokens, 4 heads, d=128,
-# fp32, fwd+bwd, 2 threads on this shared 2-core CPU under load from other processes
-# (benchmarks/results/attention_memory-cpu-fp32-chunk<E>.md): 2^18 elements (16 rows) 4.01x explicit's
-# time, 2^20 (64 rows) 3.44x, 2^22 (256 rows) 1.57x, at 0.13x / 0.13x / 0.16x its peak. Under contention each op
-# costs milliseconds, so fewer, larger chunks win; 2^21 (8 MiB in fp32; 128 rows at 64x64, 512 at 32x32) keeps
-# two chunks or more at 32x32 tokens, so the buffers stay well under one N x N matrix there.
-CHUNK_ELEMENTS = 2**21
+# Chunk shape. A chunk's (c, d) x (d, N) products run faster with more rows (2 threads on this CPU: 45 GFLOP/s at
+# 128 rows, 56 at 256, 59 at 512, 61 at 1024), and fewer chunks mean fewer ops. At 64x64 tokens (4 heads, d=128,
+# fp32, fwd+bwd, time to explicit's within one process) chunks of 128 / 256 / 512 rows ran 0.93x / 0.88x / 0.81x
+# explicit's time on 2 threads and 0.90x / 0.91x / 0.80x on 1. Chunks of 512 rows in blocks of 2 or of 4 heads ran
+# alike (0.84x both), so the groups (batch x heads) are walked in blocks of at most CHUNK_ELEMENTS per work buffer
+# (16 MiB in fp32). A chunk holds at most half the rows, so that the buffers stay below one N x N matrix.
+CHUNK_ROWS = 512
+CHUNK_ELEMENTS = 2**22
 
 
-def default_chunk(groups: int, tokens: int) -> int:
-    """Query rows per chunk so that one ``(G, c, N)`` buffer holds about :data:`CHUNK_ELEMENTS` elements."""
-    return max(1, min(tokens, CHUNK_ELEMENTS // max(1, groups * tokens)))
+def default_chunk(tokens: int) -> int:
+    """Rows per chunk: :data:`CHUNK_ROWS`, at most half the ``tokens`` (rounded up) and one budget's worth."""
+    return max(1, min(CHUNK_ROWS, -(-tokens // 2), CHUNK_ELEMENTS // tokens))
 
 
-def _add_position(
-    logits: torch.Tensor, logits_h: torch.Tensor | None, logits_w: torch.Tensor | None, start: int, end: int
-) -> None:
-    """Add the rows ``start:end`` of the factor logits to the chunk ``logits (G, c, N)`` in place."""
-    if logits_h is None or logits_w is None:
-        return
-    groups, rows = logits.shape[:2]
-    grid = logits.view(groups, rows, logits_h.shape[-1], logits_w.shape[-1])  # (G, c, H, W)
-    grid.add_(logits_h[:, start:end, :, None]).add_(logits_w[:, start:end, None, :])
+def _group_blocks(groups: int, rows: int, tokens: int) -> list[slice]:
+    """Slices of the ``G`` axis, as many groups a block as fit one ``(g, rows, N)`` buffer of the budget."""
+    blocks = -(-groups // max(1, CHUNK_ELEMENTS // (rows * tokens)))
+    step = -(-groups // blocks)  # blocks of equal size, but the last
+    return [slice(g, min(g + step, groups)) for g in range(0, groups, step)]
+
+
+def _key_blocks(height: int, width: int, chunk: int) -> list[tuple[int, int, int, int]]:
+    """Key chunks of about ``chunk`` keys as ``(y, x, rows, cols)`` blocks of the ``H x W`` key grid.
+
+    A chunk is either whole key rows (``x = 0``, ``cols = W``) or a part of one row (``rows = 1``), so that its
+    keys view as a ``(rows, cols)`` grid and the position gradients are sums over its two axes.
+    """
+    if chunk >= width:
+        step = chunk // width
+        return [(y, 0, min(step, height - y), width) for y in range(0, height, step)]
+    return [(y, x, 1, min(chunk, width - x)) for y in range(height) for x in range(0, width, chunk)]
 
 
 class ChunkedAttentionFn(torch.autograd.Function):
-    """``softmax(q k^T + P) v`` with ``P[i, (y, x)] = logits_h[i, y] + logits_w[i, x]``, in query-row chunks.
+    """``softmax(q k^T + P) v`` with ``P[i, (y, x)] = logits_h[i, y] + logits_w[i, x]``, in chunks.
 
     Inputs ``q, k, v (G, N, d)`` (``q`` already scaled), ``logits_h (G, N, H)`` and ``logits_w (G, N, W)`` or
-    both ``None`` (no position logits), and ``chunk`` rows. Returns ``(G, N, d)``. Gradients flow to all five
-    tensors.
+    both ``None`` (no position logits), and ``chunk`` rows (queries forward, keys backward). Returns ``(G, N, d)``.
+    Gradients flow to all five tensors.
     """
 
     @staticmethod
@@ -63,20 +76,24 @@ class ChunkedAttentionFn(torch.autograd.Function):
         chunk: int,
     ) -> torch.Tensor:
         groups, tokens, _ = q.shape
+        chunk = min(chunk, tokens)
         out = torch.empty_like(v, memory_format=torch.contiguous_format)
         row_max, row_sum = q.new_empty(2, groups, tokens, 1).unbind(0)  # per-row softmax statistics
-        work = q.new_empty(groups * min(chunk, tokens) * tokens)
-        keys_t = k.transpose(1, 2)
-        for start in range(0, tokens, chunk):
-            end = min(start + chunk, tokens)
-            probs = work[: groups * (end - start) * tokens].view(groups, end - start, tokens)
-            torch.bmm(q[:, start:end], keys_t, out=probs)
-            _add_position(probs, logits_h, logits_w, start, end)
-            torch.amax(probs, -1, keepdim=True, out=row_max[:, start:end])
-            probs.sub_(row_max[:, start:end]).exp_()
-            torch.sum(probs, -1, keepdim=True, out=row_sum[:, start:end])
-            probs.div_(row_sum[:, start:end])
-            out[:, start:end] = torch.bmm(probs, v)
+        blocks = _group_blocks(groups, chunk, tokens)
+        work = q.new_empty((blocks[0].stop - blocks[0].start) * chunk * tokens)
+        for g in blocks:
+            keys_t = k[g].transpose(1, 2)
+            for start in range(0, tokens, chunk):
+                rows = slice(start, min(start + chunk, tokens))
+                probs = work[: (g.stop - g.start) * (rows.stop - start) * tokens].view(g.stop - g.start, -1, tokens)
+                torch.bmm(q[g, rows], keys_t, out=probs)
+                if logits_h is not None and logits_w is not None:
+                    grid = probs.view(*probs.shape[:2], logits_h.shape[-1], logits_w.shape[-1])  # (g, c, H, W)
+                    grid.add_(logits_h[g, rows, :, None]).add_(logits_w[g, rows, None, :])
+                torch.amax(probs, -1, keepdim=True, out=row_max[g, rows])
+                probs.sub_(row_max[g, rows]).exp_()  # E = exp(S - max); P = E / sum, normalised on the (c, d) output
+                torch.sum(probs, -1, keepdim=True, out=row_sum[g, rows])
+                out[g, rows] = torch.bmm(probs, v[g]).div_(row_sum[g, rows])
         ctx.save_for_backward(q, k, v, logits_h, logits_w, out, row_max, row_sum)
         ctx.chunk = chunk
         return out
@@ -84,41 +101,59 @@ class ChunkedAttentionFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         q, k, v, logits_h, logits_w, out, row_max, row_sum = ctx.saved_tensors
-        chunk = ctx.chunk
         groups, tokens, _ = q.shape
         grad_out = grad_out.to(q.dtype)
-        # D_i = sum_j P_ij dP_ij = dO_i . O_i: the softmax backward's row term, without the N x N product (summed in
-        # float32, then kept in the work dtype like the other row statistics).
+        # D_i = sum_j P_ij dP_ij = dO_i . O_i: the softmax backward's row term, without the N x N product. With E the
+        # unnormalised probabilities and l the row sums, dV = E^T (dO / l) and dS = E * ((dO / l) v^T - D / l): the
+        # division is paid on (N, d) and (N,) tensors, not on every chunk. The row terms are computed in float32, then
+        # kept in the work dtype like the other row statistics.
         stat_dtype = torch.promote_types(q.dtype, torch.float32)
-        row_dot = (grad_out.to(stat_dtype) * out.to(stat_dtype)).sum(-1, keepdim=True).to(q.dtype)  # (G, N, 1)
-        grad_q = torch.empty_like(q, memory_format=torch.contiguous_format)
-        grad_k = torch.zeros_like(k, memory_format=torch.contiguous_format)
-        grad_v = torch.zeros_like(v, memory_format=torch.contiguous_format)
+        inv_sum = row_sum.to(stat_dtype).reciprocal()  # (G, N, 1)
+        grad_out_s = (grad_out.to(stat_dtype) * inv_sum).to(q.dtype)  # dO / l
+        row_dot = (grad_out_s.to(stat_dtype) * out.to(stat_dtype)).sum(-1).to(q.dtype)  # D / l, (G, N)
+        # The backward walks the keys: a chunk's transposed logits (g, c, N) against all queries give its dK and dV as
+        # one product each with an N-long reduction, and only dQ accumulates (rank-c) over the chunks.
+        row_max, row_dot = row_max.view(groups, 1, tokens), row_dot.view(groups, 1, tokens)
+        grad_q = torch.zeros_like(q, memory_format=torch.contiguous_format)
+        grad_k = torch.empty_like(k, memory_format=torch.contiguous_format)
+        grad_v = torch.empty_like(v, memory_format=torch.contiguous_format)
         with_pos = logits_h is not None and logits_w is not None
-        grad_h = torch.empty_like(logits_h) if with_pos else None
-        grad_w = torch.empty_like(logits_w) if with_pos else None
-        size = groups * min(chunk, tokens) * tokens
+        if with_pos:
+            height, width = logits_h.shape[-1], logits_w.shape[-1]
+            # The factors transposed, (G, H, N) and (G, W, N), to add to a key chunk's (g, c, N) logits.
+            position_t = (logits_h.transpose(1, 2).contiguous(), logits_w.transpose(1, 2).contiguous())
+            grad_h_t, grad_w_t = (torch.zeros_like(t) for t in position_t)
+        else:
+            height, width = 1, tokens
+        blocks = _group_blocks(groups, ctx.chunk, tokens)
+        size = (blocks[0].stop - blocks[0].start) * ctx.chunk * tokens
         work_p, work_ds = q.new_empty(size), q.new_empty(size)
-        keys_t, values_t = k.transpose(1, 2), v.transpose(1, 2)
-        for start in range(0, tokens, chunk):
-            end = min(start + chunk, tokens)
-            rows = end - start
-            probs = work_p[: groups * rows * tokens].view(groups, rows, tokens)
-            torch.bmm(q[:, start:end], keys_t, out=probs)
-            _add_position(probs, logits_h, logits_w, start, end)
-            probs.sub_(row_max[:, start:end]).exp_().div_(row_sum[:, start:end])  # the forward's P, bit for bit
-            grad_o = grad_out[:, start:end]
-            grad_v.baddbmm_(probs.transpose(1, 2), grad_o)
-            grad_logits = work_ds[: groups * rows * tokens].view(groups, rows, tokens)
-            torch.bmm(grad_o, values_t, out=grad_logits)
-            grad_logits.sub_(row_dot[:, start:end]).mul_(probs)  # dS = P * (dP - D)
-            grad_q[:, start:end] = torch.bmm(grad_logits, k)
-            grad_k.baddbmm_(grad_logits.transpose(1, 2), q[:, start:end])
-            if grad_h is not None and grad_w is not None:
-                grid = grad_logits.view(groups, rows, grad_h.shape[-1], grad_w.shape[-1])
-                grad_h[:, start:end] = grid.sum(-1)
-                grad_w[:, start:end] = grid.sum(-2)
-        return grad_q, grad_k, grad_v, grad_h, grad_w, None
+        for g in blocks:
+            queries_t, grad_out_t = q[g].transpose(1, 2), grad_out_s[g].transpose(1, 2)
+            for y, x, rows, cols in _key_blocks(height, width, ctx.chunk):
+                keys = slice(y * width + x, y * width + x + rows * cols)
+                shape = (g.stop - g.start, rows * cols, tokens)
+                probs_t = work_p[: shape[0] * shape[1] * tokens].view(shape)  # E^T of the chunk's keys
+                torch.bmm(k[g, keys], queries_t, out=probs_t)
+                if with_pos:
+                    grid = probs_t.view(shape[0], rows, cols, tokens)
+                    grid.add_(position_t[0][g, y : y + rows, None]).add_(position_t[1][g, None, x : x + cols])
+                probs_t.sub_(row_max[g]).exp_()
+                grad_v[g, keys] = torch.bmm(probs_t, grad_out_s[g])
+                grad_logits_t = work_ds[: shape[0] * shape[1] * tokens].view(shape)
+                torch.bmm(v[g, keys], grad_out_t, out=grad_logits_t)
+                grad_logits_t.sub_(row_dot[g]).mul_(probs_t)  # dS^T = E^T * (dP^T / l - D / l)
+                grad_k[g, keys] = torch.bmm(grad_logits_t, q[g])
+                grad_q[g].baddbmm_(grad_logits_t.transpose(1, 2), k[g, keys])
+                if with_pos:  # sums over the chunk's key columns and key rows, as products with ones: torch.sum
+                    # over these middle axes took 3.7 ms on a 32 MiB chunk, the product 1.8 ms
+                    grid = grad_logits_t.view(shape[0], rows, cols, tokens)
+                    grad_h_t[g, y : y + rows].add_(torch.matmul(grid.new_ones(1, cols), grid).squeeze(-2))
+                    sum_rows = torch.matmul(grid.new_ones(1, rows), grid.flatten(2))  # (g, 1, cols * N)
+                    grad_w_t[g, x : x + cols].add_(sum_rows.view(shape[0], cols, tokens))
+        if not with_pos:
+            return grad_q, grad_k, grad_v, None, None, None
+        return grad_q, grad_k, grad_v, grad_h_t.transpose(1, 2), grad_w_t.transpose(1, 2), None
 
 
 def chunked_attention(
@@ -137,14 +172,15 @@ def chunked_attention(
         v: values ``(B, h, N, d)``.
         logits_h: ``(B, h, N, H)``, the position logit of each query for each key row; ``None`` for none.
         logits_w: ``(B, h, N, W)``, the same for each key column (``H * W = N``); ``None`` with ``logits_h``.
-        chunk: query rows per chunk (default :func:`default_chunk`).
+        chunk: query rows per forward chunk, and at most as many keys per backward chunk (default
+            :func:`default_chunk`).
 
     Returns:
         ``(B, h, N, d)``, equal to ``softmax(q k^T + logits_h[.., y'] + logits_w[.., x']) v``.
     """
     batch, heads, tokens, dim_head = q.shape
     groups = batch * heads
-    chunk = chunk or default_chunk(groups, tokens)
+    chunk = chunk or default_chunk(tokens)
     flat = [t.reshape(groups, tokens, t.shape[-1]) if t is not None else None for t in (q, k, v, logits_h, logits_w)]
     out = ChunkedAttentionFn.apply(*flat, chunk)
     return out.view(batch, heads, tokens, dim_head)
