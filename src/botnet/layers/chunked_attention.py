@@ -1,9 +1,10 @@
 """Attention with 2D relative position logits over chunks: no ``N x N`` tensor is ever kept.
 
 A custom :class:`torch.autograd.Function` (flash-attention style, on plain matmuls). The forward walks the queries
-in chunks of ``c`` rows: each chunk's logits ``q_c k^T`` get the position logits added from the two factor tensors
-``logits_h (.., N, H)`` and ``logits_w (.., N, W)`` (the logit of key ``(y', x')`` adds ``logits_h[.., y'] +
-logits_w[.., x']``), are exponentiated in place and multiplied with ``v``; the row sums normalise the ``(c, d)``
+in chunks of ``c`` rows: each chunk's position logits are written from the two factor tensors ``logits_h (.., N,
+H)`` and ``logits_w (.., N, W)`` (the logit of key ``(y', x')`` is ``logits_h[.., y'] + logits_w[.., x']``), the
+product ``q_c k^T`` is accumulated onto them (one pass fewer than adding them after it, and in bfloat16 one
+rounding), and the sum is exponentiated in place and multiplied with ``v``; the row sums normalise the ``(c, d)``
 output. Only the per-row softmax statistics (row maximum and sum, in the input's dtype) are saved. The backward
 walks the keys in chunks of about ``c``: it recomputes a chunk's transposed probabilities against all queries
 with the same position terms and statistics, so that the chunk's ``dK`` and ``dV`` are each one product with an
@@ -86,10 +87,12 @@ class ChunkedAttentionFn(torch.autograd.Function):
             for start in range(0, tokens, chunk):
                 rows = slice(start, min(start + chunk, tokens))
                 probs = work[: (g.stop - g.start) * (rows.stop - start) * tokens].view(g.stop - g.start, -1, tokens)
-                torch.bmm(q[g, rows], keys_t, out=probs)
                 if logits_h is not None and logits_w is not None:
                     grid = probs.view(*probs.shape[:2], logits_h.shape[-1], logits_w.shape[-1])  # (g, c, H, W)
-                    grid.add_(logits_h[g, rows, :, None]).add_(logits_w[g, rows, None, :])
+                    torch.add(logits_h[g, rows, :, None], logits_w[g, rows, None, :], out=grid)
+                    probs.baddbmm_(q[g, rows], keys_t)
+                else:
+                    torch.bmm(q[g, rows], keys_t, out=probs)
                 torch.amax(probs, -1, keepdim=True, out=row_max[g, rows])
                 probs.sub_(row_max[g, rows]).exp_()  # E = exp(S - max); P = E / sum, normalised on the (c, d) output
                 torch.sum(probs, -1, keepdim=True, out=row_sum[g, rows])
@@ -134,10 +137,12 @@ class ChunkedAttentionFn(torch.autograd.Function):
                 keys = slice(y * width + x, y * width + x + rows * cols)
                 shape = (g.stop - g.start, rows * cols, tokens)
                 probs_t = work_p[: shape[0] * shape[1] * tokens].view(shape)  # E^T of the chunk's keys
-                torch.bmm(k[g, keys], queries_t, out=probs_t)
                 if with_pos:
                     grid = probs_t.view(shape[0], rows, cols, tokens)
-                    grid.add_(position_t[0][g, y : y + rows, None]).add_(position_t[1][g, None, x : x + cols])
+                    torch.add(position_t[0][g, y : y + rows, None], position_t[1][g, None, x : x + cols], out=grid)
+                    probs_t.baddbmm_(k[g, keys], queries_t)
+                else:
+                    torch.bmm(k[g, keys], queries_t, out=probs_t)
                 probs_t.sub_(row_max[g]).exp_()
                 grad_v[g, keys] = torch.bmm(probs_t, grad_out_s[g])
                 grad_logits_t = work_ds[: shape[0] * shape[1] * tokens].view(shape)
