@@ -106,17 +106,13 @@ class ChunkedAttentionFn(torch.autograd.Function):
         q, k, v, logits_h, logits_w, out, row_max, row_sum = ctx.saved_tensors
         groups, tokens, _ = q.shape
         grad_out = grad_out.to(q.dtype)
-        # D_i = sum_j P_ij dP_ij = dO_i . O_i: the softmax backward's row term, without the N x N product. With E the
-        # unnormalised probabilities and l the row sums, dV = E^T (dO / l) and dS = E * ((dO / l) v^T - D / l): the
-        # division is paid on (N, d) and (N,) tensors, not on every chunk. The row terms are computed in float32, then
-        # kept in the work dtype like the other row statistics.
+        # D_i = sum_j P_ij dP_ij = dO_i . O_i: the softmax backward's row term, without the N x N product (summed in
+        # float32, then kept in the work dtype like the other row statistics).
         stat_dtype = torch.promote_types(q.dtype, torch.float32)
-        inv_sum = row_sum.to(stat_dtype).reciprocal()  # (G, N, 1)
-        grad_out_s = (grad_out.to(stat_dtype) * inv_sum).to(q.dtype)  # dO / l
-        row_dot = (grad_out_s.to(stat_dtype) * out.to(stat_dtype)).sum(-1).to(q.dtype)  # D / l, (G, N)
+        row_dot = (grad_out.to(stat_dtype) * out.to(stat_dtype)).sum(-1).to(q.dtype)  # (G, N)
         # The backward walks the keys: a chunk's transposed logits (g, c, N) against all queries give its dK and dV as
         # one product each with an N-long reduction, and only dQ accumulates (rank-c) over the chunks.
-        row_max, row_dot = row_max.view(groups, 1, tokens), row_dot.view(groups, 1, tokens)
+        row_max, row_sum, row_dot = (t.view(groups, 1, tokens) for t in (row_max, row_sum, row_dot))
         grad_q = torch.zeros_like(q, memory_format=torch.contiguous_format)
         grad_k = torch.empty_like(k, memory_format=torch.contiguous_format)
         grad_v = torch.empty_like(v, memory_format=torch.contiguous_format)
@@ -132,22 +128,22 @@ class ChunkedAttentionFn(torch.autograd.Function):
         size = (blocks[0].stop - blocks[0].start) * ctx.chunk * tokens
         work_p, work_ds = q.new_empty(size), q.new_empty(size)
         for g in blocks:
-            queries_t, grad_out_t = q[g].transpose(1, 2), grad_out_s[g].transpose(1, 2)
+            queries_t, grad_out_t = q[g].transpose(1, 2), grad_out[g].transpose(1, 2)
             for y, x, rows, cols in _key_blocks(height, width, ctx.chunk):
                 keys = slice(y * width + x, y * width + x + rows * cols)
                 shape = (g.stop - g.start, rows * cols, tokens)
-                probs_t = work_p[: shape[0] * shape[1] * tokens].view(shape)  # E^T of the chunk's keys
+                probs_t = work_p[: shape[0] * shape[1] * tokens].view(shape)  # P^T of the chunk's keys
                 if with_pos:
                     grid = probs_t.view(shape[0], rows, cols, tokens)
                     torch.add(position_t[0][g, y : y + rows, None], position_t[1][g, None, x : x + cols], out=grid)
                     probs_t.baddbmm_(k[g, keys], queries_t)
                 else:
                     torch.bmm(k[g, keys], queries_t, out=probs_t)
-                probs_t.sub_(row_max[g]).exp_()
-                grad_v[g, keys] = torch.bmm(probs_t, grad_out_s[g])
+                probs_t.sub_(row_max[g]).exp_().div_(row_sum[g])
+                grad_v[g, keys] = torch.bmm(probs_t, grad_out[g])
                 grad_logits_t = work_ds[: shape[0] * shape[1] * tokens].view(shape)
                 torch.bmm(v[g, keys], grad_out_t, out=grad_logits_t)
-                grad_logits_t.sub_(row_dot[g]).mul_(probs_t)  # dS^T = E^T * (dP^T / l - D / l)
+                grad_logits_t.sub_(row_dot[g]).mul_(probs_t)  # dS^T = P^T * (dP^T - D)
                 grad_k[g, keys] = torch.bmm(grad_logits_t, q[g])
                 grad_q[g].baddbmm_(grad_logits_t.transpose(1, 2), k[g, keys])
                 if with_pos:  # sums over the chunk's key columns and key rows, as products with ones: torch.sum
