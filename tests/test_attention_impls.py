@@ -92,9 +92,9 @@ def test_key_blocks_cover_the_keys_once_in_order(height: int, width: int, chunk:
 
 
 @pytest.mark.parametrize("tokens", [1, 2, 35, 256, 1024, 4096, 9216, 65536])
-def test_default_chunk_keeps_two_chunks_and_the_budget(tokens: int) -> None:
+def test_default_chunk_keeps_four_chunks_and_the_budget(tokens: int) -> None:
     chunk = default_chunk(tokens)
-    assert 1 <= chunk <= max(1, (tokens + 1) // 2)  # never one N x N buffer, but for a single token
+    assert 1 <= chunk <= -(-tokens // 4)  # the two backward buffers below half an N x N matrix
     assert chunk <= chunked_attention_module.CHUNK_ROWS
     assert chunk * tokens <= chunked_attention_module.CHUNK_ELEMENTS
 
