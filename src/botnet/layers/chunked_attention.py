@@ -87,18 +87,18 @@ class ChunkedAttentionFn(torch.autograd.Function):
         for g in blocks:
             keys_t = k[g].transpose(1, 2)
             for start in range(0, tokens, chunk):
-                rows = slice(start, min(start + chunk, tokens))
-                probs = work[: (g.stop - g.start) * (rows.stop - start) * tokens].view(g.stop - g.start, -1, tokens)
+                queries = slice(start, min(start + chunk, tokens))
+                probs = work[: (g.stop - g.start) * (queries.stop - start) * tokens].view(g.stop - g.start, -1, tokens)
                 if logits_h is not None and logits_w is not None:
                     grid = probs.view(*probs.shape[:2], logits_h.shape[-1], logits_w.shape[-1])  # (g, c, H, W)
-                    torch.add(logits_h[g, rows, :, None], logits_w[g, rows, None, :], out=grid)
-                    probs.baddbmm_(q[g, rows], keys_t)
+                    torch.add(logits_h[g, queries, :, None], logits_w[g, queries, None, :], out=grid)
+                    probs.baddbmm_(q[g, queries], keys_t)
                 else:
-                    torch.bmm(q[g, rows], keys_t, out=probs)
-                torch.amax(probs, -1, keepdim=True, out=row_max[g, rows])
-                probs.sub_(row_max[g, rows]).exp_()  # E = exp(S - max); P = E / sum, normalised on the (c, d) output
-                torch.sum(probs, -1, keepdim=True, out=row_sum[g, rows])
-                out[g, rows] = torch.bmm(probs, v[g]).div_(row_sum[g, rows])
+                    torch.bmm(q[g, queries], keys_t, out=probs)
+                torch.amax(probs, -1, keepdim=True, out=row_max[g, queries])
+                probs.sub_(row_max[g, queries]).exp_()  # E = exp(S - max); P = E / sum, normalised on the (c, d) output
+                torch.sum(probs, -1, keepdim=True, out=row_sum[g, queries])
+                out[g, queries] = torch.bmm(probs, v[g]).div_(row_sum[g, queries])
         ctx.save_for_backward(q, k, v, logits_h, logits_w, out, row_max, row_sum)
         ctx.chunk = chunk
         return out
