@@ -60,6 +60,21 @@ def _key_blocks(height: int, width: int, chunk: int) -> list[tuple[int, int, int
     return [(y, x, 1, min(chunk, width - x)) for y in range(height) for x in range(0, width, chunk)]
 
 
+def _logits(
+    out: torch.Tensor, a: torch.Tensor, b_t: torch.Tensor, position: tuple[torch.Tensor, torch.Tensor] | None
+) -> None:
+    """``out (g, m, n) = a b_t + position[0] + position[1]``, the two terms broadcast over a view of ``out``.
+
+    The position terms are written first and the product is accumulated onto them: one pass over ``out`` fewer
+    than adding them after it, and in bfloat16 the sum is rounded once.
+    """
+    if position is None:
+        torch.bmm(a, b_t, out=out)
+        return
+    torch.add(*position, out=out.view(torch.broadcast_shapes(*(t.shape for t in position))))
+    out.baddbmm_(a, b_t)
+
+
 class ChunkedAttentionFn(torch.autograd.Function):
     """``softmax(q k^T + P) v`` with ``P[i, (y, x)] = logits_h[i, y] + logits_w[i, x]``, in chunks.
 
@@ -83,18 +98,16 @@ class ChunkedAttentionFn(torch.autograd.Function):
         out = torch.empty_like(v, memory_format=torch.contiguous_format)
         row_max, row_sum = q.new_empty(2, groups, tokens, 1).unbind(0)  # per-row softmax statistics
         blocks = _group_blocks(groups, chunk, tokens)
-        work = q.new_empty((blocks[0].stop - blocks[0].start) * chunk * tokens)
+        work = q.new_empty(blocks[0].stop * chunk * tokens)  # the first block is the largest
         for g in blocks:
             keys_t = k[g].transpose(1, 2)
             for start in range(0, tokens, chunk):
                 queries = slice(start, min(start + chunk, tokens))
                 probs = work[: (g.stop - g.start) * (queries.stop - start) * tokens].view(g.stop - g.start, -1, tokens)
+                position = None  # (g, c, H, 1) and (g, c, 1, W)
                 if logits_h is not None and logits_w is not None:
-                    grid = probs.view(*probs.shape[:2], logits_h.shape[-1], logits_w.shape[-1])  # (g, c, H, W)
-                    torch.add(logits_h[g, queries, :, None], logits_w[g, queries, None, :], out=grid)
-                    probs.baddbmm_(q[g, queries], keys_t)
-                else:
-                    torch.bmm(q[g, queries], keys_t, out=probs)
+                    position = (logits_h[g, queries, :, None], logits_w[g, queries, None, :])
+                _logits(probs, q[g, queries], keys_t, position)
                 torch.amax(probs, -1, keepdim=True, out=row_max[g, queries])
                 probs.sub_(row_max[g, queries]).exp_()  # E = exp(S - max); P = E / sum, normalised on the (c, d) output
                 torch.sum(probs, -1, keepdim=True, out=row_sum[g, queries])
@@ -127,7 +140,7 @@ class ChunkedAttentionFn(torch.autograd.Function):
         else:
             height, width = 1, tokens
         blocks = _group_blocks(groups, ctx.chunk, tokens)
-        size = (blocks[0].stop - blocks[0].start) * ctx.chunk * tokens
+        size = blocks[0].stop * ctx.chunk * tokens  # the first block is the largest
         work_p, work_ds = q.new_empty(size), q.new_empty(size)
         for g in blocks:
             queries_t, grad_out_t = q[g].transpose(1, 2), grad_out[g].transpose(1, 2)
@@ -135,12 +148,10 @@ class ChunkedAttentionFn(torch.autograd.Function):
                 keys = slice(y * width + x, y * width + x + rows * cols)
                 shape = (g.stop - g.start, rows * cols, tokens)
                 probs_t = work_p[: shape[0] * shape[1] * tokens].view(shape)  # P^T of the chunk's keys
+                position = None  # (g, rows, 1, N) and (g, 1, cols, N)
                 if with_pos:
-                    grid = probs_t.view(shape[0], rows, cols, tokens)
-                    torch.add(position_t[0][g, y : y + rows, None], position_t[1][g, None, x : x + cols], out=grid)
-                    probs_t.baddbmm_(k[g, keys], queries_t)
-                else:
-                    torch.bmm(k[g, keys], queries_t, out=probs_t)
+                    position = (position_t[0][g, y : y + rows, None], position_t[1][g, None, x : x + cols])
+                _logits(probs_t, k[g, keys], queries_t, position)
                 probs_t.sub_(row_max[g]).exp_().div_(row_sum[g])
                 grad_v[g, keys] = torch.bmm(probs_t, grad_out[g])
                 grad_logits_t = work_ds[: shape[0] * shape[1] * tokens].view(shape)
