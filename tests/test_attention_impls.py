@@ -157,18 +157,26 @@ def test_bf16_runs_on_every_path(impl: str) -> None:
     torch.testing.assert_close(out.float(), reference, atol=5e-2, rtol=5e-2)
 
 
-def test_chunked_bf16_autocast_grads_are_as_close_as_explicits() -> None:
-    """Under bf16 autocast (mixed-precision training) the chunked path is no less accurate than the explicit one."""
-    layer = make_layer("relative", (6, 6), dtype=torch.float32)
-    x = torch.randn(2, 16, 6, 6)
+@pytest.mark.parametrize(("size", "scale"), [(6, 1.0), (12, 3.0)])
+def test_chunked_bf16_autocast_grads_are_as_close_as_explicits(size: int, scale: float) -> None:
+    """Under bf16 autocast (mixed-precision training) the chunked path is no less accurate than the explicit one.
+
+    The larger logits (``scale``) make the rounding of the logits matter: the backward must recompute the forward's
+    probabilities from logits rounded as the forward rounded them, not more exact ones.
+    """
+    layer = make_layer("relative", (size, size), dtype=torch.float32)
+    with torch.no_grad():
+        for param in layer.parameters():
+            param.mul_(scale)
+    x = torch.randn(2, 16, size, size)
     reference = outputs_and_grads(layer, x, "explicit")
     errors = {}
     for impl in ("explicit", "chunked"):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = outputs_and_grads(layer, x, impl)
         errors[impl] = [((g.float() - r).norm() / r.norm()).item() for g, r in zip(got, reference, strict=True)]
-    assert all(error < 0.05 for error in errors["chunked"]), errors
-    assert all(c <= 2 * e + 1e-3 for c, e in zip(errors["chunked"], errors["explicit"], strict=True)), errors
+    assert all(error < 0.05 * scale for error in errors["chunked"]), errors
+    assert all(c <= 1.25 * e + 1e-3 for c, e in zip(errors["chunked"], errors["explicit"], strict=True)), errors
 
 
 def test_chunked_bf16_allocates_no_float32_copy_of_a_work_chunk() -> None:
