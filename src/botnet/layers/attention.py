@@ -23,9 +23,10 @@ ATTN_IMPLS = ("auto", "explicit", "sdpa", "chunked", "flex")
 # of 5 interleaved rounds, ratios to explicit in one run (benchmarks/results/attention_memory-cpu-fp32-thresholds.md):
 # at 16x16 tokens explicit is fastest (sdpa 1.22x, chunked 1.18x, same peak); at 24x24 chunked 0.93x time / 0.91x
 # peak (sdpa 0.93x / 0.74x); at 32x32 chunked 0.82x / 0.51x (sdpa 0.98x / 0.55x). Re-measured on the machine
-# alone with the chunked backward walking the keys (attention_memory-cpu-fp32-impls.md, 2 threads): at 32x32
-# chunked 0.91x / 0.56x (sdpa 0.94x / 0.56x), at 64x64 chunked 0.85x / 0.18x (sdpa 1.09x / 0.20x). So explicit up
-# to 16x16 = 256 tokens, chunked above.
+# alone with the chunked backward walking the keys and folding the log-sum-exp in float32
+# (attention_memory-cpu-fp32-impls.md, 2 threads): at 32x32 chunked 0.93x / 0.51x (sdpa 1.06x / 0.55x), at 64x64
+# chunked 0.80x / 0.18x (sdpa 1.00x / 0.20x); in one process at 16x16 explicit is still fastest (chunked 1.09x).
+# So explicit up to 16x16 = 256 tokens, chunked above.
 CPU_EXPLICIT_MAX_TOKENS = 256
 # CUDA (H200, bf16, benchmarks/results/attention_memory-cuda-bf16.md): at 16x16 tokens every path takes the same
 # ~4 ms (launch-bound) and explicit's N x N matrices are small; from 32x32 the SDPA fold matches explicit's time
