@@ -10,6 +10,7 @@ from torch import nn
 
 import botnet
 import botnet.layers.chunked_attention as chunked_attention_module
+import botnet.layers.flex_attention as flex_module
 from botnet.layers import ATTN_IMPLS, MHSA2d, set_attn_impl
 from botnet.layers.attention import CPU_EXPLICIT_MAX_TOKENS
 from botnet.layers.chunked_attention import chunked_attention, default_chunk
@@ -131,6 +132,23 @@ def test_flex_cpu_backward_raises_and_names_the_alternative() -> None:
     layer = make_layer("relative", (4, 4))
     with set_attn_impl(layer, "flex"), pytest.raises(NotImplementedError, match="attn_impl='chunked'"):
         layer(torch.randn(1, 16, 4, 4, dtype=torch.float64, requires_grad=True))
+
+
+def test_flex_compiled_wrapper_is_exact_and_compiles_once() -> None:
+    """The wrapper CUDA runs, compiled, on the CPU forward: one graph for every map size, ``W`` read from a shape.
+
+    A score_mod that captured ``W`` as a Python int gave silently wrong output after a recompile (torch 2.14.1).
+    """
+    torch._dynamo.reset()
+    flex_module._compiled.cache_clear()
+    compiled = flex_module._compiled(flex_module._flex_rel)
+    for index, (height, width) in enumerate([(5, 7), (6, 6), (3, 8), (4, 4)]):  # W changes, so does N
+        tokens = height * width
+        q, k, v, logits_h, logits_w = (torch.randn(2, 3, tokens, s) for s in (4, 4, 4, height, width))
+        position = (logits_h[..., :, None] + logits_w[..., None, :]).reshape(2, 3, tokens, tokens)
+        expected = (q @ k.transpose(-1, -2) + position).softmax(-1) @ v
+        with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=index > 0):
+            torch.testing.assert_close(compiled(q, k, v, logits_h, logits_w), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA (none visible)")
