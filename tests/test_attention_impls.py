@@ -12,7 +12,7 @@ import botnet
 import botnet.layers.chunked_attention as chunked_attention_module
 import botnet.layers.flex_attention as flex_module
 from botnet.layers import ATTN_IMPLS, MHSA2d, set_attn_impl
-from botnet.layers.attention import CPU_EXPLICIT_MAX_TOKENS
+from botnet.layers.attention import CPU_EXPLICIT_MAX_TOKENS, eager_auto_impl
 from botnet.layers.chunked_attention import chunked_attention, default_chunk
 
 SIZES = [(4, 4), (5, 7), (1, 6)]  # square, non-square, 1 x W
@@ -218,6 +218,25 @@ def test_auto_picks_what_the_thresholds_say() -> None:
     assert layer.resolve_impl(torch.empty(1, 16, 64, 64)) == "sdpa"  # a set impl is taken as it is
     with botnet.capture_attention(layer):
         assert layer.resolve_impl(torch.empty(1, 16, 64, 64)) == "explicit"  # capture needs the probabilities
+
+
+@pytest.mark.parametrize(
+    ("device", "side", "sdpa_width", "half", "expected"),
+    [
+        ("cuda", 16, 128 + 32, True, "explicit"),  # small N x N: explicit, in any dtype
+        ("cuda", 32, 128 + 64, True, "sdpa"),  # the fold fits the flash kernels
+        ("cuda", 64, 128 + 128, True, "sdpa"),  # at the flash limit
+        ("cuda", 96, 128 + 192, True, "flex"),  # wider than flash: FlexAttention
+        ("cuda", 96, 128, True, "sdpa"),  # no relative logits: no extra width
+        ("cuda", 64, 128 + 128, False, "flex"),  # fp32 has no flash kernel
+        ("cpu", 16, 128 + 32, True, "explicit"),
+        ("cpu", 17, 128 + 34, False, "chunked"),
+        ("cpu", 96, 128, True, "chunked"),
+    ],
+)
+def test_eager_auto_impl_per_device(device: str, side: int, sdpa_width: int, half: bool, expected: str) -> None:
+    """The CUDA choices are checked here too: CI has no GPU."""
+    assert eager_auto_impl(device, side * side, sdpa_width, half) == expected
 
 
 def test_set_attn_impl_validates_scopes_and_restores() -> None:

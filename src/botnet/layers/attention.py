@@ -37,6 +37,19 @@ CUDA_EXPLICIT_MAX_TOKENS = 256
 CUDA_FLASH_MAX_WIDTH = 256
 
 
+def eager_auto_impl(device: str, tokens: int, sdpa_width: int, half: bool) -> str:
+    """What ``attn_impl="auto"`` runs in eager mode on ``device`` (``"cpu"``, ``"cuda"``) at ``tokens = H * W``.
+
+    ``sdpa_width`` is the SDPA fold's head width (``d + H + W`` with relative logits, else ``d``) and ``half``
+    whether the attention runs in float16 / bfloat16 (by dtype or autocast).
+    """
+    if device == "cuda":
+        if tokens <= CUDA_EXPLICIT_MAX_TOKENS:
+            return "explicit"
+        return "sdpa" if half and sdpa_width <= CUDA_FLASH_MAX_WIDTH else "flex"
+    return "explicit" if tokens <= CPU_EXPLICIT_MAX_TOKENS else "chunked"
+
+
 def check_attn_impl(impl: str) -> str:
     """``impl`` if it names an attention implementation, else a ``ValueError`` listing the choices."""
     if impl not in ATTN_IMPLS:
@@ -263,14 +276,10 @@ class MHSA2d(nn.Module):
             return "explicit"
         if is_tracing():
             return "sdpa"
-        tokens = x.shape[-2] * x.shape[-1]
-        if x.device.type == "cuda":
-            if tokens <= CUDA_EXPLICIT_MAX_TOKENS:
-                return "explicit"
-            width = self.dim_head + (sum(x.shape[-2:]) if self.pos_embed_type == "relative" else 0)
-            half = x.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled("cuda")
-            return "sdpa" if half and width <= CUDA_FLASH_MAX_WIDTH else "flex"
-        return "explicit" if tokens <= CPU_EXPLICIT_MAX_TOKENS else "chunked"
+        device = x.device.type
+        half = x.dtype in (torch.float16, torch.bfloat16) or (device == "cuda" and torch.is_autocast_enabled("cuda"))
+        width = self.dim_head + (sum(x.shape[-2:]) if self.pos_embed_type == "relative" else 0)
+        return eager_auto_impl(device, x.shape[-2] * x.shape[-1], width, half)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (B, C, H, W)`` -> ``(B, h * d, H / stride, W / stride)`` (rounded up)."""
