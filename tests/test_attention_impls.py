@@ -36,6 +36,15 @@ def outputs_and_grads(layer: MHSA2d, x: torch.Tensor, impl: str) -> list[torch.T
     return [out.detach(), x.grad, *(p.grad for p in layer.parameters())]
 
 
+def factor_logits_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logits_h: torch.Tensor, logits_w: torch.Tensor
+) -> torch.Tensor:
+    """The plain reference: ``softmax(q k^T + logits_h[.., y'] + logits_w[.., x']) v`` with its ``N x N`` matrix."""
+    *lead, tokens, _ = q.shape
+    position = (logits_h[..., :, None] + logits_w[..., None, :]).reshape(*lead, tokens, tokens)
+    return (q @ k.transpose(-1, -2) + position).softmax(-1) @ v
+
+
 @pytest.mark.parametrize(("size", "pos", "stride"), list(itertools.product(SIZES, POS, [1, 2])))
 @pytest.mark.parametrize("impl", CPU_TRAINABLE)
 def test_impl_equals_explicit_float64(size: tuple[int, int], pos: str, stride: int, impl: str) -> None:
@@ -70,8 +79,7 @@ def test_chunk_boundaries(chunk: int, fit: int | None, monkeypatch: pytest.Monke
     q, k, v, logits_h, logits_w = (
         torch.randn(batch, heads, tokens, *s, dtype=torch.float64, requires_grad=True) for s in shapes
     )
-    position = (logits_h[..., :, None] + logits_w[..., None, :]).reshape(batch, heads, tokens, tokens)
-    expected = (q @ k.transpose(-1, -2) + position).softmax(-1) @ v
+    expected = factor_logits_attention(q, k, v, logits_h, logits_w)
     out = chunked_attention(q, k, v, logits_h, logits_w, chunk=chunk)
     torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)
     grad = torch.randn_like(out)
@@ -145,8 +153,7 @@ def test_flex_compiled_wrapper_is_exact_and_compiles_once() -> None:
     for index, (height, width) in enumerate([(5, 7), (6, 6), (3, 8), (4, 4)]):  # W changes, so does N
         tokens = height * width
         q, k, v, logits_h, logits_w = (torch.randn(2, 3, tokens, s) for s in (4, 4, 4, height, width))
-        position = (logits_h[..., :, None] + logits_w[..., None, :]).reshape(2, 3, tokens, tokens)
-        expected = (q @ k.transpose(-1, -2) + position).softmax(-1) @ v
+        expected = factor_logits_attention(q, k, v, logits_h, logits_w)
         with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=index > 0):
             torch.testing.assert_close(compiled(q, k, v, logits_h, logits_w), expected, atol=1e-5, rtol=1e-5)
 
